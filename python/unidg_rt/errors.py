@@ -1,0 +1,34 @@
+"""Typed errors. Every message names the offending argument and how to fix it."""
+
+from __future__ import annotations
+
+
+class UniDGError(Exception):
+    """Base class of all unidg_rt errors."""
+
+
+class InvalidInputError(UniDGError, ValueError):
+    """A call argument is invalid (wrong size, empty mask, bad dtype/range…)."""
+
+
+class WeightsError(UniDGError):
+    """A weights file is missing, corrupt or does not match the architecture."""
+
+
+class ConfigError(UniDGError, ValueError):
+    """A settings or architecture config value is invalid."""
+
+
+class BackendUnavailableError(UniDGError, ImportError):
+    """An optional backend (onnxruntime, TensorRT, Triton, CUDA) is not installed / usable."""
+
+
+class EngineMismatchError(UniDGError):
+    """An engine plan does not match this GPU / builder / ONNX; it must be rebuilt."""
+
+
+class UnknownCategoryError(InvalidInputError, KeyError):
+    """A defect category is not in the embeddings cache."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
