@@ -1,0 +1,184 @@
+"""FLUX MM-DiT building blocks, flat and numerically identical to diffusers' Flux modules.
+
+Module and parameter names equal diffusers' so a diffusers checkpoint loads unchanged.
+Shapes: B batch, N tokens (text first, then image), C = inner dim, H heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unidg_rt.models.attention import attention
+
+
+# --------------------------------------------------------------------------- embeddings
+def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: int = 10000) -> torch.Tensor:
+    """Sinusoidal embedding, ``cos`` first (diffusers ``Timesteps(flip_sin_to_cos=True, shift=0)``)."""
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    args = t[:, None].float() * torch.exp(exponent)[None, :]  # [B, half]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # [B, dim]
+
+
+class MLPEmbedder(nn.Module):
+    """linear_1 → SiLU → linear_2 (diffusers TimestepEmbedding / PixArtAlphaTextProjection)."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class TimeTextEmbed(nn.Module):
+    """temb = MLP(t) [+ MLP(guidance)] + MLP(pooled text). Keys: ``time_text_embed.*``."""
+
+    def __init__(self, dim: int, pooled_dim: int, guidance: bool):
+        super().__init__()
+        self.timestep_embedder = MLPEmbedder(256, dim)
+        self.guidance_embedder = MLPEmbedder(256, dim) if guidance else None
+        self.text_embedder = MLPEmbedder(pooled_dim, dim)
+
+    def forward(self, timestep, guidance, pooled):
+        dtype = pooled.dtype
+        emb = self.timestep_embedder(timestep_embedding(timestep).to(dtype))  # [B, C]
+        if self.guidance_embedder is not None and guidance is not None:
+            emb = emb + self.guidance_embedder(timestep_embedding(guidance).to(dtype))
+        return emb + self.text_embedder(pooled)
+
+
+def rope_frequencies(ids: torch.Tensor, axes_dim, theta: int = 10000) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE over (t, h, w) ids ``[N, 3]`` → ``cos, sin: [N, D]`` (interleaved pairs, fp32).
+
+    Frequencies are computed in float64 like diffusers (float32 on MPS, which has no f64)."""
+    f_dtype = torch.float32 if ids.device.type == "mps" else torch.float64
+    pos = ids.float()
+    cos_out, sin_out = [], []
+    for i, dim in enumerate(axes_dim):
+        freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=f_dtype, device=ids.device) / dim))  # [d/2]
+        angles = torch.outer(pos[:, i].to(f_dtype), freqs)  # [N, d/2]
+        cos_out.append(angles.cos().repeat_interleave(2, dim=1).float())  # [N, d]
+        sin_out.append(angles.sin().repeat_interleave(2, dim=1).float())
+    return torch.cat(cos_out, dim=-1), torch.cat(sin_out, dim=-1)  # [N, D]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, N, H, D]; rotate interleaved (real, imag) pairs."""
+    x_real, x_imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)  # [B, N, H, D/2] each
+    x_rot = torch.stack([-x_imag, x_real], dim=-1).flatten(3)  # [B, N, H, D]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # [1, N, 1, D]
+    return (x.float() * cos + x_rot.float() * sin).to(x.dtype)
+
+
+# --------------------------------------------------------------------------- norms
+class AdaLayerNormZero(nn.Module):
+    """6-way modulation: returns norm(x)·(1+scale_msa)+shift_msa and the other five vectors."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, 6 * dim)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+
+    def forward(self, x, emb):
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.linear(F.silu(emb)).chunk(6, dim=1)
+        x = self.norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
+        return x, gate_msa, shift_mlp, scale_mlp, gate_mlp
+
+
+class AdaLayerNormZeroSingle(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, 3 * dim)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+
+    def forward(self, x, emb):
+        shift, scale, gate = self.linear(F.silu(emb)).chunk(3, dim=1)
+        return self.norm(x) * (1 + scale[:, None]) + shift[:, None], gate
+
+
+class AdaLayerNormContinuous(nn.Module):
+    """Final norm; diffusers' order is (scale, shift) — BFL's is (shift, scale), see convert.py."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, 2 * dim)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+
+    def forward(self, x, emb):
+        scale, shift = self.linear(F.silu(emb).to(x.dtype)).chunk(2, dim=1)
+        return self.norm(x) * (1 + scale)[:, None, :] + shift[:, None, :]
+
+
+# --------------------------------------------------------------------------- MLP / attention
+class GELUProj(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+
+    def forward(self, x):
+        return F.gelu(self.proj(x), approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    """Keys ``net.0.proj`` / ``net.2`` (``net.1`` is diffusers' Dropout, kept for indices)."""
+
+    def __init__(self, dim: int, mult: float = 4.0):
+        super().__init__()
+        hidden = int(dim * mult)
+        self.net = nn.ModuleList([GELUProj(dim, hidden), nn.Dropout(0.0), nn.Linear(hidden, dim)])
+
+    def forward(self, x):
+        return self.net[2](self.net[0](x))
+
+
+class FluxAttention(nn.Module):
+    """Joint attention. With ``context=True`` (double blocks) the text stream has its own
+    projections (``add_*_proj``) and output (``to_add_out``); single blocks have no ``to_out``."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context: bool, eps: float = 1e-6):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        inner = heads * head_dim
+        self.norm_q = nn.RMSNorm(head_dim, eps=eps)
+        self.norm_k = nn.RMSNorm(head_dim, eps=eps)
+        self.to_q = nn.Linear(dim, inner)
+        self.to_k = nn.Linear(dim, inner)
+        self.to_v = nn.Linear(dim, inner)
+        self.context = context
+        if context:
+            self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
+            self.norm_added_q = nn.RMSNorm(head_dim, eps=eps)
+            self.norm_added_k = nn.RMSNorm(head_dim, eps=eps)
+            self.add_q_proj = nn.Linear(dim, inner)
+            self.add_k_proj = nn.Linear(dim, inner)
+            self.add_v_proj = nn.Linear(dim, inner)
+            self.to_add_out = nn.Linear(inner, dim)
+        self.form = "reference"  # attention form, set by FluxTransformer.set_attention_form
+
+    def _heads(self, x):
+        return x.unflatten(-1, (-1, self.head_dim))  # [B, N, C] -> [B, N, H, D]
+
+    def forward(self, x, context=None, rope=None, token_groups=None, group_bias=None):
+        q, k, v = self._heads(self.to_q(x)), self._heads(self.to_k(x)), self._heads(self.to_v(x))
+        q, k = self.norm_q(q), self.norm_k(k)
+        if context is not None:
+            cq = self.norm_added_q(self._heads(self.add_q_proj(context)))
+            ck = self.norm_added_k(self._heads(self.add_k_proj(context)))
+            cv = self._heads(self.add_v_proj(context))
+            q, k, v = torch.cat([cq, q], dim=1), torch.cat([ck, k], dim=1), torch.cat([cv, v], dim=1)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, N, H, D] -> [B, H, N, D]
+        out = attention(q, k, v, token_groups, group_bias, form=self.form)
+        out = out.transpose(1, 2).flatten(2, 3).to(q.dtype)  # [B, H, N, D] -> [B, N, C]
+        if context is None:
+            return out
+        n_txt = context.shape[1]
+        ctx_out, img_out = out[:, :n_txt], out[:, n_txt:]
+        return self.to_out[0](img_out.contiguous()), self.to_add_out(ctx_out.contiguous())

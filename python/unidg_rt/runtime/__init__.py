@@ -1,0 +1,1 @@
+"""Runtime: the UniDG pipeline over interchangeable backends (torch, ONNX Runtime, TensorRT)."""

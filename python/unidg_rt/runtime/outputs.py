@@ -1,0 +1,21 @@
+"""Typed pipeline results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class UniDGPipelineOutput:
+    """``images``: list of PIL images (``output_type="pil"``), float32 ``[B, H0, W0, 3]`` in [0, 1]
+    (``"np"``), a torch tensor ``[B, 3, H0, W0]`` (``"pt"``) or packed latents (``"latent"``).
+    ``masks``: float32 ``[H0, W0]`` alpha actually used for paste-back (1 = generated pixel).
+    ``diptychs``: the decoded ``[H, 2W]`` diptychs (float32 [0, 1]) before paste-back.
+    ``seeds``: the seed of every image (reproduce one with ``seed=...``); ``info``: settings."""
+
+    images: Any
+    masks: Any = None
+    diptychs: Any = None
+    seeds: list[int] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,101 @@
+"""Torch backend: reference models on CPU or CUDA (eager; fast paths plug in per module)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from unidg_rt.models.mmdit import FluxTransformer
+
+logger = logging.getLogger(__name__)
+
+TRANSFORMER_INPUTS = (
+    "hidden_states",
+    "encoder_hidden_states",
+    "pooled_projections",
+    "timestep",
+    "img_ids",
+    "txt_ids",
+    "guidance",
+    "token_groups",
+    "group_bias",
+)
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r} unknown; use one of {sorted(_DTYPES)} or 'auto'")
+    return _DTYPES[dtype]
+
+
+class TorchTransformerRunner:
+    input_names = TRANSFORMER_INPUTS
+
+    def __init__(self, model: FluxTransformer):
+        self.model = model
+
+    @torch.inference_mode()
+    def infer(self, feed: dict[str, Any]) -> dict[str, Any]:
+        kwargs = {k: feed.get(k) for k in TRANSFORMER_INPUTS}
+        return {"noise_pred": self.model(**kwargs)}
+
+
+class TorchVAEEncoderRunner:
+    input_names = ("images",)
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    @torch.inference_mode()
+    def infer(self, feed):
+        return {"latent": self.vae.normalize_latents(self.vae.encode(feed["images"]))}
+
+
+class TorchVAEDecoderRunner:
+    input_names = ("latent",)
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    @torch.inference_mode()
+    def infer(self, feed):
+        return {"images": self.vae.decode(self.vae.denormalize_latents(feed["latent"]))}
+
+
+class TorchBackend:
+    """Holds the torch transformer + VAE on one device/dtype."""
+
+    name = "torch"
+
+    def __init__(self, transformer: FluxTransformer, vae, device="cpu", dtype=None, attention_form=None):
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.transformer_model = transformer.to(self.device, self.dtype)
+        # The VAE decodes in fp32 on CPU; on GPU bf16 is fine for FLUX's VAE.
+        self.vae_model = vae.to(self.device, self.dtype)
+        if attention_form is not None:
+            self.transformer_model.set_attention_form(attention_form)
+        self.transformer = TorchTransformerRunner(self.transformer_model)
+        self.vae_encoder = TorchVAEEncoderRunner(self.vae_model)
+        self.vae_decoder = TorchVAEDecoderRunner(self.vae_model)
+        self.info = {"backend": "torch", "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def asarray(self, x: np.ndarray, dtype: str | None = None):
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        if dtype == "int":
+            return t.long()
+        if dtype == "float32":
+            return t.float()
+        return t.to(self.dtype) if t.is_floating_point() else t
+
+    def to_numpy(self, x) -> np.ndarray:
+        return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
