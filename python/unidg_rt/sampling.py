@@ -114,7 +114,9 @@ class Segment:
 
     def covers(self, step: int, num_steps: int) -> bool:
         pos = step / max(num_steps, 1)
-        return self.start <= pos < self.end or (self.end >= 1.0 and step == num_steps - 1 and pos >= self.start)
+        return self.start <= pos < self.end or (
+            self.end >= 1.0 and step == num_steps - 1 and pos >= self.start
+        )
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,9 @@ class SegmentSchedule:
         last = 0.0
         for seg in sorted(self.segments, key=lambda s: s.start):
             if not (0.0 <= seg.start < seg.end <= 1.0):
-                raise InvalidInputError(f"segment [{seg.start}, {seg.end}) must satisfy 0 <= start < end <= 1")
+                raise InvalidInputError(
+                    f"segment [{seg.start}, {seg.end}) must satisfy 0 <= start < end <= 1"
+                )
             if seg.start < last - 1e-9:
                 raise InvalidInputError(f"segments overlap at {seg.start}: give disjoint [start, end) ranges")
             last = seg.end

@@ -41,7 +41,9 @@ def _table_3d(group_bias: torch.Tensor, heads: int) -> torch.Tensor:
     return t
 
 
-def group_bias_mask(token_groups: torch.Tensor, group_bias: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
+def group_bias_mask(
+    token_groups: torch.Tensor, group_bias: torch.Tensor, batch: int, heads: int
+) -> torch.Tensor:
     """Materialise ``B[b, h, i, j] = T[h, g[b, i], g[b, j]]`` — ``[B, H|1, N, N]``. Oracle only."""
     g = _groups_2d(token_groups, batch)  # [B, N]
     t = _table_3d(group_bias, heads)  # [H|1, G, G]

@@ -117,7 +117,12 @@ class ModelCard:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"format": self.format, "transformer": self.transformer.to_dict(), "vae": self.vae, "defaults": self.defaults},
+            {
+                "format": self.format,
+                "transformer": self.transformer.to_dict(),
+                "vae": self.vae,
+                "defaults": self.defaults,
+            },
             sort_keys=True,
         )
 

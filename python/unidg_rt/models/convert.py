@@ -50,8 +50,6 @@ def is_bfl_layout(keys) -> bool:
     return any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in keys)
 
 
-
-
 def _swap_halves(t: torch.Tensor) -> torch.Tensor:
     a, b = t.chunk(2, dim=0)
     return torch.cat([b, a], dim=0)
@@ -75,9 +73,12 @@ def bfl_to_diffusers(sd: dict[str, torch.Tensor], config: FluxConfig) -> dict[st
                 bp = "scale" if bfl.endswith("_norm") else p
                 if f"{src}{bfl}.{bp}" in sd and not (bfl.endswith("_norm") and p == "bias"):
                     out[f"{dst}{dif}.{p}"] = sd.pop(f"{src}{bfl}.{bp}")
-        for stream, names in (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj"))):
+        for stream, names in (
+            ("img", ("to_q", "to_k", "to_v")),
+            ("txt", ("add_q_proj", "add_k_proj", "add_v_proj")),
+        ):
             for p in ("weight", "bias"):
-                for name, part in zip(names, sd.pop(f"{src}{stream}_attn.qkv.{p}").chunk(3, dim=0)):
+                for name, part in zip(names, sd.pop(f"{src}{stream}_attn.qkv.{p}").chunk(3, dim=0), strict=True):
                     out[f"{dst}attn.{name}.{p}"] = part
     for i in range(config.num_single_layers):
         src, dst = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
@@ -110,9 +111,14 @@ def diffusers_to_bfl(sd: dict[str, torch.Tensor], config: FluxConfig) -> dict[st
             for p in ("weight", "bias"):
                 if f"{src}{dif}.{p}" in sd:
                     out[f"{dst}{bfl}.{'scale' if bfl.endswith('_norm') else p}"] = sd.pop(f"{src}{dif}.{p}")
-        for stream, names in (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj"))):
+        for stream, names in (
+            ("img", ("to_q", "to_k", "to_v")),
+            ("txt", ("add_q_proj", "add_k_proj", "add_v_proj")),
+        ):
             for p in ("weight", "bias"):
-                out[f"{dst}{stream}_attn.qkv.{p}"] = torch.cat([sd.pop(f"{src}attn.{n}.{p}") for n in names], dim=0)
+                out[f"{dst}{stream}_attn.qkv.{p}"] = torch.cat(
+                    [sd.pop(f"{src}attn.{n}.{p}") for n in names], dim=0
+                )
     for i in range(config.num_single_layers):
         src, dst = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
         for dif, bfl in _SINGLE.items():

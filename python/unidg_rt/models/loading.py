@@ -38,19 +38,25 @@ def _safetensors_files(path: Path) -> list[Path]:
         return [path / s for s in shards]
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise WeightsError(f"no .safetensors file in {path}: point to a UniDG checkpoint or a diffusers model folder")
+        raise WeightsError(
+            f"no .safetensors file in {path}: point to a UniDG checkpoint or a diffusers model folder"
+        )
     return files
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.exists():
-        raise WeightsError(f"weights file {path} does not exist: check the path (or omit it for the default model)")
+        raise WeightsError(
+            f"weights file {path} does not exist: check the path (or omit it for the default model)"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(f"{path} is not a readable .safetensors file ({exc}); re-download or re-export it") from exc
+        raise WeightsError(
+            f"{path} is not a readable .safetensors file ({exc}); re-download or re-export it"
+        ) from exc
 
 
 def read_card(path: str | Path) -> ModelCard | None:
@@ -63,7 +69,9 @@ def read_card(path: str | Path) -> ModelCard | None:
         raise WeightsError(f"{path}: {exc}") from exc
 
 
-def read_tensors(files: list[Path], prefix: str = "", dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def read_tensors(
+    files: list[Path], prefix: str = "", dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
     """Tensors whose key starts with ``prefix`` (stripped), memory-mapped, cast per tensor."""
     out: dict[str, torch.Tensor] = {}
     for file in files:
@@ -72,9 +80,13 @@ def read_tensors(files: list[Path], prefix: str = "", dtype: torch.dtype | None 
                 for key in f.keys():
                     if key.startswith(prefix):
                         t = f.get_tensor(key)
-                        out[key[len(prefix) :]] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+                        out[key[len(prefix) :]] = (
+                            t.to(dtype) if dtype is not None and t.is_floating_point() else t
+                        )
         except (SafetensorError, OSError) as exc:
-            raise WeightsError(f"{file} is corrupt or truncated ({exc}); re-download or re-export it") from exc
+            raise WeightsError(
+                f"{file} is corrupt or truncated ({exc}); re-download or re-export it"
+            ) from exc
     return out
 
 
@@ -92,7 +104,9 @@ def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) 
     shapes = model.state_dict()
     bad = [(k, tuple(sd[k].shape), tuple(shapes[k].shape)) for k in sd if sd[k].shape != shapes[k].shape]
     if bad:
-        raise WeightsError(f"{what}: shape mismatch for {len(bad)} tensors, e.g. {bad[:4]} (file vs architecture)")
+        raise WeightsError(
+            f"{what}: shape mismatch for {len(bad)} tensors, e.g. {bad[:4]} (file vs architecture)"
+        )
     model.load_state_dict(sd, strict=True, assign=True)
 
 
@@ -172,7 +186,9 @@ def save_checkpoint(
             continue
         for k, v in module.state_dict().items():
             v = v.detach().to("cpu")
-            tensors[prefix + k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+            tensors[prefix + k] = (
+                v.to(dtype) if dtype is not None and v.is_floating_point() else v
+            ).contiguous()
     vae_cfg = vae.config.to_dict() if vae is not None and hasattr(vae, "config") else None
     card = ModelCard(transformer=transformer.config, vae=vae_cfg, defaults=defaults or {})
     path.parent.mkdir(parents=True, exist_ok=True)

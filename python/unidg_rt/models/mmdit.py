@@ -90,7 +90,10 @@ class FluxTransformer(nn.Module):
             [FluxTransformerBlock(dim, heads, hd) for _ in range(config.num_layers)]
         )
         self.single_transformer_blocks = nn.ModuleList(
-            [FluxSingleTransformerBlock(dim, heads, hd, config.mlp_ratio) for _ in range(config.num_single_layers)]
+            [
+                FluxSingleTransformerBlock(dim, heads, hd, config.mlp_ratio)
+                for _ in range(config.num_single_layers)
+            ]
         )
         self.norm_out = AdaLayerNormContinuous(dim)
         self.proj_out = nn.Linear(dim, config.out_dim)

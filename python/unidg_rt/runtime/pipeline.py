@@ -127,13 +127,17 @@ class UniDGPipeline:
         if mask_image is None:
             raise InvalidInputError("mask_image is required: pass a mask, white where the defect should go")
         if output_type not in OUTPUT_TYPES:
-            raise InvalidInputError(f"output_type={output_type!r} is not supported; use one of {OUTPUT_TYPES}")
+            raise InvalidInputError(
+                f"output_type={output_type!r} is not supported; use one of {OUTPUT_TYPES}"
+            )
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise InvalidInputError(f"num_images_per_prompt={num_images_per_prompt!r} must be an int >= 1")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise InvalidInputError(f"num_inference_steps={num_inference_steps!r} must be an int >= 1")
         if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale)):
-            raise InvalidInputError(f"guidance_scale={guidance_scale!r} must be a finite number (e.g. 30 or 3.5)")
+            raise InvalidInputError(
+                f"guidance_scale={guidance_scale!r} must be a finite number (e.g. 30 or 3.5)"
+            )
         text_given = sum(x is not None for x in (prompt, prompt_embeds, defect_category))
         if text_given > 1:
             raise InvalidInputError("pass only one of prompt, prompt_embeds and defect_category")
@@ -159,8 +163,13 @@ class UniDGPipeline:
                     f"[1, T, {self.joint_attention_dim}]"
                 )
             if pooled_prompt_embeds is None:
-                raise InvalidInputError("prompt_embeds needs pooled_prompt_embeds too (the CLIP pooled vector)")
-        if pooled_prompt_embeds is not None and np.shape(pooled_prompt_embeds)[-1] != self.pooled_projection_dim:
+                raise InvalidInputError(
+                    "prompt_embeds needs pooled_prompt_embeds too (the CLIP pooled vector)"
+                )
+        if (
+            pooled_prompt_embeds is not None
+            and np.shape(pooled_prompt_embeds)[-1] != self.pooled_projection_dim
+        ):
             raise InvalidInputError(
                 f"pooled_prompt_embeds has shape {tuple(np.shape(pooled_prompt_embeds))}; expected "
                 f"[{self.pooled_projection_dim}] or [1, {self.pooled_projection_dim}]"
@@ -243,8 +252,10 @@ class UniDGPipeline:
         feather: int | None = None,
     ):
         d = self.defaults
-        height, width = height or d["height"], width or d["width"]
-        num_inference_steps = num_inference_steps or (len(sigmas) if sigmas is not None else d["num_inference_steps"])
+        height = d["height"] if height is None else height
+        width = d["width"] if width is None else width
+        if num_inference_steps is None:
+            num_inference_steps = len(sigmas) if sigmas is not None else d["num_inference_steps"]
         guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
         feather = d["feather"] if feather is None else feather
         # 1. validate
@@ -256,7 +267,11 @@ class UniDGPipeline:
         dip = prepare_diptych(image, mask_image, reference_image, reference_mask, height=height, width=width)
         # 3. conditioning
         embeds, pooled = self.encode_prompt(prompt, prompt_embeds, pooled_prompt_embeds, defect_category)
-        segs = segments if isinstance(segments, SegmentSchedule) or segments is None else SegmentSchedule.from_data(segments)
+        segs = (
+            segments
+            if isinstance(segments, SegmentSchedule) or segments is None
+            else SegmentSchedule.from_data(segments)
+        )
         # 4. latents: noise, masked-image latents, packed mask
         n = num_images_per_prompt
         h, w = dip.height // self.vae_scale_factor, 2 * dip.width // self.vae_scale_factor
@@ -287,15 +302,19 @@ class UniDGPipeline:
         # 7. decode and paste back
         decoded = self.backend.vae_decoder.infer({"latent": unpack_latents(x, h, w)})["images"]
         diptychs = np.clip((self.backend.to_numpy(decoded).transpose(0, 2, 3, 1) + 1) / 2, 0, 1)  # [B,H,2W,3]
-        pasted, alphas = zip(*(dip.paste(img, feather=feather) for img in diptychs))
+        pasted, alphas = zip(*(dip.paste(img, feather=feather) for img in diptychs), strict=True)
         images = _format_images(list(pasted), output_type)
-        result = UniDGPipelineOutput(images=images, masks=alphas[0], diptychs=diptychs, seeds=seeds, info=info)
+        result = UniDGPipelineOutput(
+            images=images, masks=alphas[0], diptychs=diptychs, seeds=seeds, info=info
+        )
         return result if return_dict else (images, alphas[0])
 
     def _fill_conditioning(self, dip: Diptych, n: int):
         """FLUX-Fill conditioning ``[B, N_img, 64 + 256]``: masked-image latents + packed mask."""
         masked = dip.masked_image.transpose(2, 0, 1)[None] * 2 - 1  # [1, 3, H, 2W] in [-1, 1]
-        lat = self.backend.vae_encoder.infer({"images": self.backend.asarray(masked.astype(np.float32))})["latent"]
+        lat = self.backend.vae_encoder.infer({"images": self.backend.asarray(masked.astype(np.float32))})[
+            "latent"
+        ]
         mask = self.backend.asarray(dip.packed_mask()[None])  # [1, N_img, 256]
         cond = cat([pack_latents(lat), mask], axis=2)  # [1, N_img, 320]
         return cat([cond] * n, axis=0) if n > 1 else cond
@@ -309,7 +328,9 @@ class UniDGPipeline:
             "pooled_projections": a(np.repeat(pooled[None], n, axis=0)),
             "img_ids": a(latent_image_ids(h, w), "float32"),
             "txt_ids": a(np.zeros((embeds.shape[0], 3), np.float32), "float32"),
-            "guidance": a(np.full((n,), guidance_scale, np.float32), "float32") if self.guidance_embeds else None,
+            "guidance": a(np.full((n,), guidance_scale, np.float32), "float32")
+            if self.guidance_embeds
+            else None,
             "token_groups": None,
             "group_bias": None,
         }

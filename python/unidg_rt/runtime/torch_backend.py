@@ -23,8 +23,14 @@ TRANSFORMER_INPUTS = (
     "token_groups",
     "group_bias",
 )
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -87,7 +93,11 @@ class TorchBackend:
         self.transformer = TorchTransformerRunner(self.transformer_model)
         self.vae_encoder = TorchVAEEncoderRunner(self.vae_model)
         self.vae_decoder = TorchVAEDecoderRunner(self.vae_model)
-        self.info = {"backend": "torch", "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+        self.info = {
+            "backend": "torch",
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
 
     def asarray(self, x: np.ndarray, dtype: str | None = None):
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)

@@ -1,0 +1,3 @@
+from unidg_rt.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``unidg-rt`` command line (typer + rich)."""

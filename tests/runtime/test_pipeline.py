@@ -1,0 +1,133 @@
+"""End-to-end UniDGPipeline on a tiny random model (torch backend, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unidg_rt.errors import InvalidInputError, UnknownCategoryError
+from unidg_rt.runtime.pipeline import UniDGPipeline
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint):
+    return UniDGPipeline.from_pretrained(tiny_checkpoint)
+
+
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])
+def test_output_types(pipe, sample_inputs, output_type):
+    img, mask, ref, rmask = sample_inputs
+    out = pipe(img, mask, ref, rmask, seed=0, output_type=output_type, num_images_per_prompt=2)
+    assert out.seeds == [0, 1]
+    if output_type == "pil":
+        assert len(out.images) == 2 and all(
+            isinstance(i, Image.Image) and i.size == (120, 100) for i in out.images
+        )
+    elif output_type == "np":
+        assert out.images.shape == (2, 100, 120, 3) and out.images.dtype == np.float32
+    elif output_type == "pt":
+        assert isinstance(out.images, torch.Tensor) and out.images.shape == (2, 3, 100, 120)
+    else:  # packed latents [B, N_img, 64]; 64x128 diptych -> 4*8 tokens
+        assert tuple(out.images.shape) == (2, 32, 64)
+
+
+def test_same_seed_same_image_and_outside_mask_identical(pipe, sample_inputs):
+    img, mask, ref, rmask = sample_inputs
+    a = pipe(img, mask, ref, rmask, seed=7, output_type="np")
+    b = pipe(img, mask, ref, rmask, seed=7, output_type="np")
+    c = pipe(img, mask, ref, rmask, seed=8, output_type="np")
+    assert np.array_equal(a.images, b.images)
+    assert not np.array_equal(a.images, c.images)
+    out8 = np.round(a.images[0] * 255).astype(np.uint8)
+    outside = a.masks == 0
+    assert outside.sum() > 0.5 * outside.size
+    assert np.array_equal(out8[outside], img[outside])
+    assert a.masks[mask].min() == 1.0  # every masked pixel is generated
+
+
+def test_torch_generator_reproducible(pipe, sample_inputs):
+    img, mask, ref, rmask = sample_inputs
+    a = pipe(img, mask, ref, rmask, generator=torch.Generator().manual_seed(3), output_type="np")
+    b = pipe(img, mask, ref, rmask, generator=torch.Generator().manual_seed(3), output_type="np")
+    assert np.array_equal(a.images, b.images)
+
+
+def test_text_mode_category_and_embeds(pipe, sample_inputs):
+    img, mask, _, _ = sample_inputs
+    a = pipe(img, mask, defect_category="scratch", seed=1, output_type="np")
+    e, p = pipe.embeddings.get("scratch")
+    b = pipe(img, mask, prompt_embeds=e, pooled_prompt_embeds=p, seed=1, output_type="np")
+    assert a.info["mode"] == "text"
+    assert np.array_equal(a.images, b.images)
+    c = pipe(img, mask, defect_category="hole", seed=1, output_type="np")
+    assert not np.array_equal(a.images, c.images)
+
+
+def test_callback_and_return_dict(pipe, sample_inputs):
+    img, mask, ref, rmask = sample_inputs
+    seen = []
+
+    def cb(_pipe, i, t, kw):
+        seen.append((i, t))
+        return kw
+
+    images, alpha = pipe(
+        img, mask, ref, rmask, seed=0, callback_on_step_end=cb, return_dict=False, num_inference_steps=4
+    )
+    assert [i for i, _ in seen] == [0, 1, 2, 3] and seen[0][1] == pytest.approx(1000.0)
+    assert alpha.shape == (100, 120) and len(images) == 1
+
+
+def test_segments_and_true_cfg_run(pipe, sample_inputs):
+    img, mask, ref, rmask = sample_inputs
+    segs = [
+        {"start": 0.0, "end": 0.5, "true_cfg_scale": 2.0},
+        {"start": 0.5, "end": 1.0, "guidance_scale": 1.0},
+    ]
+    a = pipe(img, mask, ref, rmask, seed=0, segments=segs, output_type="np")
+    b = pipe(img, mask, ref, rmask, seed=0, output_type="np")
+    assert not np.array_equal(a.images, b.images)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"height": 50}, "multiple of 16"),
+        ({"width": 0}, "width"),
+        ({"mask_image": np.zeros((100, 120), bool)}, "mask_image is empty"),
+        ({"mask_image": np.ones((10, 10), bool)}, "mask_image"),
+        ({"reference_mask": None}, "reference_image was given without reference_mask"),
+        ({"reference_image": None, "reference_mask": None}, "no conditioning"),
+        ({"output_type": "jpeg"}, "output_type"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"guidance_scale": float("nan")}, "guidance_scale"),
+        ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
+        ({"group_bias": np.zeros((3, 3))}, "group_bias"),
+        ({"prompt": "a scratch"}, "text encoders"),
+        (
+            {"prompt_embeds": np.zeros((8, 5)), "pooled_prompt_embeds": np.zeros(16)},
+            "prompt_embeds has shape",
+        ),
+        ({"image": np.zeros((100, 120, 3)) + 2.0}, "image"),
+    ],
+)
+def test_bad_inputs(pipe, sample_inputs, kwargs, match):
+    img, mask, ref, rmask = sample_inputs
+    args = {
+        "image": img,
+        "mask_image": mask,
+        "reference_image": ref,
+        "reference_mask": rmask,
+        "seed": 0,
+        **kwargs,
+    }
+    with pytest.raises(InvalidInputError, match=match):
+        pipe(**args)
+
+
+def test_unknown_category(pipe, sample_inputs):
+    img, mask, _, _ = sample_inputs
+    with pytest.raises(UnknownCategoryError, match="scratch"):
+        pipe(img, mask, defect_category="scrach")
