@@ -16,7 +16,31 @@ def tiny_vae_config(**overrides) -> VAEConfig:
     return VAEConfig(**base)
 
 
+def default_transformer_config() -> FluxConfig:
+    """The embedded default model: FLUX-Fill layout (384 in-channels, guidance), ~9M parameters."""
+    return FluxConfig(
+        in_channels=384,
+        out_channels=64,
+        num_layers=2,
+        num_single_layers=4,
+        attention_head_dim=64,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        pooled_projection_dim=64,
+        guidance_embeds=True,
+        axes_dims_rope=(8, 28, 28),
+    )
+
+
+def default_vae_config(**overrides) -> VAEConfig:
+    """The embedded default VAE: FLUX family (8× down, 16 latent channels), narrow blocks."""
+    base = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=16)
+    base.update(overrides)
+    return VAEConfig(**base)
+
+
 PRESETS = {
+    "default": (default_transformer_config, default_vae_config),
     "tiny": (lambda: FluxConfig.tiny(), tiny_vae_config),
     "flux-fill": (FluxConfig.flux_fill, VAEConfig.flux),
     "flux-dev": (FluxConfig.flux_dev, VAEConfig.flux),
