@@ -131,3 +131,26 @@ def test_unknown_category(pipe, sample_inputs):
     img, mask, _, _ = sample_inputs
     with pytest.raises(UnknownCategoryError, match="scratch"):
         pipe(img, mask, defect_category="scrach")
+
+
+def test_lora_on_pipeline_and_segment_strengths(tiny_checkpoint, sample_inputs, tmp_path):
+    from unidg_rt.models.adapters import AdapterManager
+    from unidg_rt.models.loading import load_transformer
+
+    donor = AdapterManager(load_transformer(tiny_checkpoint))
+    ad = donor.add("apo", rank=2, gated=True)
+    for p in ad.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    lora = donor.save("apo", tmp_path / "apo.safetensors")
+    pipe = UniDGPipeline.from_pretrained(tiny_checkpoint)
+    img, mask, ref, rmask = sample_inputs
+    base = pipe(img, mask, ref, rmask, seed=0, output_type="np").images
+    pipe.load_lora_weights(lora, "apo", scale=1.0)
+    on = pipe(img, mask, ref, rmask, seed=0, output_type="np").images
+    assert not np.array_equal(base, on)
+    off_segments = [{"start": 0.0, "end": 1.0, "adapter_scales": {"apo": 0.0}}]
+    off = pipe(img, mask, ref, rmask, seed=0, output_type="np", segments=off_segments).images
+    assert np.array_equal(off, base)  # adapter strength 0 => base model exactly
+    pipe.set_adapters("apo", 1.0)
+    with pytest.raises(ValueError, match="time-gated"):
+        pipe.fuse_lora()  # a gated adapter depends on t: it cannot be merged once for all steps

@@ -92,6 +92,9 @@ class UniDGPipeline:
         defaults = dict(card.defaults) if card else {}
         cache = _load_embeddings(embeddings, path)
         cfg = transformer.config
+        base = path if path.is_dir() else path.parent
+        for name, spec in (defaults.get("adapters") or {}).items():  # adapters shipped beside the weights
+            backend.adapters.load_lora(base / spec["file"], name, strength=float(spec.get("strength", 1.0)))
         return cls(
             backend,
             text_seq_len=text_seq_len or defaults.get("text_seq_len", 512),
@@ -104,6 +107,33 @@ class UniDGPipeline:
             embeddings=cache,
             text_encoders=text_encoders,
         )
+
+    # ------------------------------------------------------------------ LoRA (diffusers-style names)
+    def _adapter_manager(self):
+        if not hasattr(self.backend, "adapters"):
+            raise InvalidInputError(
+                f"LoRA loading needs the torch backend (this pipeline runs on {self.backend.name}); "
+                "fuse adapters before export instead"
+            )
+        return self.backend.adapters
+
+    def load_lora_weights(self, path, adapter_name: str = "default", scale: float = 1.0):
+        """Load a diffusers/peft LoRA (FLUX.1-dev LoRAs are zero-padded onto Fill's 384 inputs)."""
+        return self._adapter_manager().load_lora(path, adapter_name, strength=scale)
+
+    def set_adapters(self, adapter_names, adapter_weights=None) -> None:
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        weights = adapter_weights if adapter_weights is not None else [1.0] * len(names)
+        weights = [weights] * len(names) if isinstance(weights, (int, float)) else list(weights)
+        mgr = self._adapter_manager()
+        mgr.set_scales({n: 0.0 for n in mgr.adapters if n not in names})
+        mgr.set_scales(dict(zip(names, weights, strict=True)))
+
+    def fuse_lora(self, adapter_names=None) -> None:
+        self._adapter_manager().fuse(adapter_names)
+
+    def unfuse_lora(self) -> None:
+        self._adapter_manager().unfuse()
 
     # ------------------------------------------------------------------ validation
     def check_inputs(

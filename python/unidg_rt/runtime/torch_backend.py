@@ -99,6 +99,19 @@ class TorchBackend:
             "dtype": str(self.dtype).removeprefix("torch."),
         }
 
+    # ------------------------------------------------------------------ adapters (LoRA)
+    @property
+    def adapters(self):
+        """The :class:`~unidg_rt.models.adapters.AdapterManager` of the transformer (lazy)."""
+        if getattr(self, "_adapters", None) is None:
+            from unidg_rt.models.adapters import AdapterManager
+
+            self._adapters = AdapterManager(self.transformer_model)
+        return self._adapters
+
+    def set_adapter_scales(self, scales: dict[str, float]) -> None:
+        self.adapters.set_scales(scales)
+
     def asarray(self, x: np.ndarray, dtype: str | None = None):
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
         if dtype == "int":
