@@ -28,7 +28,7 @@ class EngineMismatchError(UniDGError):
 
 
 class UnknownCategoryError(InvalidInputError, KeyError):
-    """A defect category is not in the embeddings cache."""
+    """A defect category is not in the vocabulary or the embeddings cache."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""

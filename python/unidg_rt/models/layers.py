@@ -162,25 +162,74 @@ class FluxAttention(nn.Module):
             self.add_v_proj = nn.Linear(dim, inner)
             self.to_add_out = nn.Linear(inner, dim)
         self.form = "reference"  # attention form, set by FluxTransformer.set_attention_form
+        self.fused_ops = False  # Triton RMSNorm+RoPE (GPU fast path), set by runtime.optimize
 
     def _heads(self, x):
         return x.unflatten(-1, (-1, self.head_dim))  # [B, N, C] -> [B, N, H, D]
 
+    # ------------------------------------------------------------------ fast path (GPU)
+    @torch.no_grad()
+    def fuse_projections(self) -> bool:
+        """Replace ``to_q/k/v`` (and ``add_*_proj``) by one concatenated GEMM each. Skipped
+        when a LoRA hook sits on a projection (fuse the LoRA first). Returns whether fused."""
+        if any(m._forward_hooks for m in (self.to_q, self.to_k, self.to_v)):
+            return False
+        self.to_qkv = _concat_linears(self.to_q, self.to_k, self.to_v)
+        del self.to_q, self.to_k, self.to_v
+        if self.context and not any(
+            m._forward_hooks for m in (self.add_q_proj, self.add_k_proj, self.add_v_proj)
+        ):
+            self.to_added_qkv = _concat_linears(self.add_q_proj, self.add_k_proj, self.add_v_proj)
+            del self.add_q_proj, self.add_k_proj, self.add_v_proj
+        return True
+
+    def _qkv(self, x):
+        if hasattr(self, "to_qkv"):
+            q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+        else:
+            q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
+        return self._heads(q), self._heads(k), self._heads(v)
+
+    def _added_qkv(self, c):
+        if hasattr(self, "to_added_qkv"):
+            q, k, v = self.to_added_qkv(c).chunk(3, dim=-1)
+        else:
+            q, k, v = self.add_q_proj(c), self.add_k_proj(c), self.add_v_proj(c)
+        return self._heads(q), self._heads(k), self._heads(v)
+
+    def _norm_rope(self, x, norm, rope, start, end):
+        """RMSNorm then RoPE on tokens [start, end) — one fused kernel when enabled."""
+        cos, sin = (None, None) if rope is None else (rope[0][start:end], rope[1][start:end])
+        if self.fused_ops:
+            from unidg_rt.kernels.fused_ops import rmsnorm_rope
+
+            return rmsnorm_rope(x, norm.weight, cos, sin, norm.eps)
+        x = norm(x)
+        return x if rope is None else apply_rope(x, cos, sin)
+
     def forward(self, x, context=None, rope=None, token_groups=None, group_bias=None):
-        q, k, v = self._heads(self.to_q(x)), self._heads(self.to_k(x)), self._heads(self.to_v(x))
-        q, k = self.norm_q(q), self.norm_k(k)
+        q, k, v = self._qkv(x)  # [B, N_img, H, D] each (N = all tokens in single blocks)
+        n_txt = 0 if context is None else context.shape[1]
+        n_all = n_txt + x.shape[1]
+        q = self._norm_rope(q, self.norm_q, rope, n_txt, n_all)
+        k = self._norm_rope(k, self.norm_k, rope, n_txt, n_all)
         if context is not None:
-            cq = self.norm_added_q(self._heads(self.add_q_proj(context)))
-            ck = self.norm_added_k(self._heads(self.add_k_proj(context)))
-            cv = self._heads(self.add_v_proj(context))
+            cq, ck, cv = self._added_qkv(context)
+            cq = self._norm_rope(cq, self.norm_added_q, rope, 0, n_txt)
+            ck = self._norm_rope(ck, self.norm_added_k, rope, 0, n_txt)
             q, k, v = torch.cat([cq, q], dim=1), torch.cat([ck, k], dim=1), torch.cat([cv, v], dim=1)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, N, H, D] -> [B, H, N, D]
         out = attention(q, k, v, token_groups, group_bias, form=self.form)
         out = out.transpose(1, 2).flatten(2, 3).to(q.dtype)  # [B, H, N, D] -> [B, N, C]
         if context is None:
             return out
-        n_txt = context.shape[1]
         ctx_out, img_out = out[:, :n_txt], out[:, n_txt:]
         return self.to_out[0](img_out.contiguous()), self.to_add_out(ctx_out.contiguous())
+
+
+def _concat_linears(*linears: nn.Linear) -> nn.Linear:
+    w = torch.cat([m.weight for m in linears], dim=0)
+    fused = nn.Linear(w.shape[1], w.shape[0], bias=True, device=w.device, dtype=w.dtype)
+    fused.weight.copy_(w)
+    fused.bias.copy_(torch.cat([m.bias for m in linears], dim=0))
+    return fused.requires_grad_(False)

@@ -1,0 +1,1 @@
+"""Quantisation: torch FP8 linears (GPU fast path) and Q/DQ ONNX via ModelOpt (optional extra)."""
