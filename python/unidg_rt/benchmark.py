@@ -1,0 +1,258 @@
+"""``unidg-rt bench``: our backends vs diffusers on one config, one set of inputs, one process.
+
+Per stage (VAE encode, one DiT step, VAE decode), end-to-end (encode + N steps + decode) and the
+attention op alone; median / p90 of ``runs`` timings after ``warmup`` calls, CUDA events on GPU
+(``perf_counter`` on CPU); peak GPU memory per variant. Ratios are against ``diffusers-eager``
+measured in the same run. Variants that cannot run here (no CUDA, no diffusers) are reported
+with the reason instead of a number.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from unidg_rt.groups import default_group_bias
+from unidg_rt.models.mmdit import FluxTransformer
+from unidg_rt.models.presets import PRESETS
+from unidg_rt.runtime.backend import latent_image_ids
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchConfig:
+    preset: str = "tiny"
+    height: int = 64  # per side; the diptych is height x 2*width
+    width: int = 64
+    steps: int = 8
+    text_len: int = 512
+    runs: int = 10
+    warmup: int = 3
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype: str = "bfloat16" if torch.cuda.is_available() else "float32"
+    variants: tuple[str, ...] = ("ours-eager", "ours-fold", "ours-fast", "ours-fast-fp8", "ours-fast-cudagraph",
+                                 "diffusers-eager", "diffusers-mask")  # fmt: skip
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], Any], int, int], list[float]]:
+    def run(fn, runs: int, warmup: int) -> list[float]:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(runs):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1000)
+        return times
+
+    return run
+
+
+def _stats(times: list[float]) -> dict[str, float]:
+    return {
+        "median_ms": round(statistics.median(times), 4),
+        "p90_ms": round(float(np.percentile(times, 90)), 4),
+        "min_ms": round(min(times), 4),
+        "runs": len(times),
+    }
+
+
+def _inputs(cfg: BenchConfig, tcfg, device, dtype) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(cfg.seed)
+    h, w = cfg.height // 8, 2 * cfg.width // 8
+    n_img = (h // 2) * (w // 2)
+    groups = np.concatenate([np.zeros(cfg.text_len), np.random.default_rng(cfg.seed).integers(1, 5, n_img)])
+    return {
+        "hidden_states": torch.randn(1, n_img, tcfg.in_channels, generator=g).to(device, dtype),
+        "encoder_hidden_states": torch.randn(1, cfg.text_len, tcfg.joint_attention_dim, generator=g).to(
+            device, dtype
+        ),
+        "pooled_projections": torch.randn(1, tcfg.pooled_projection_dim, generator=g).to(device, dtype),
+        "timestep": torch.tensor([0.7], device=device, dtype=dtype),
+        "img_ids": torch.from_numpy(latent_image_ids(h, w)).to(device),
+        "txt_ids": torch.zeros(cfg.text_len, 3, device=device),
+        "guidance": torch.tensor([3.5], device=device, dtype=dtype) if tcfg.guidance_embeds else None,
+        "token_groups": torch.from_numpy(groups).long().to(device),
+        "group_bias": torch.from_numpy(default_group_bias(1.0)).to(device),
+    }
+
+
+def environment() -> dict[str, Any]:
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+        env["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
+    else:
+        env["cpu_threads"] = torch.get_num_threads()
+    for mod in ("diffusers", "triton", "onnxruntime"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except ImportError:
+            env[mod] = None
+    return env
+
+
+def _ours(variant: str, state: dict, tcfg, device, dtype):
+    from unidg_rt.runtime.optimize import CUDAGraphRunner, FastPathConfig, optimize_transformer
+
+    with torch.device("meta"):
+        model = FluxTransformer(tcfg)
+    model.load_state_dict(state, assign=True)
+    model = model.to(device, dtype).eval()
+    if variant == "ours-fold":
+        model.set_attention_form("fold")
+    elif variant.startswith("ours-fast"):
+        if variant.endswith("cudagraph") and device.type != "cuda":
+            raise RuntimeError("CUDA graphs need a CUDA device")
+        fp8 = variant.endswith("fp8")
+        form = "triton" if device.type == "cuda" else "fold"
+        optimize_transformer(model, FastPathConfig(fp8=fp8, attention_form=form))
+        if variant.endswith("cudagraph"):
+            return CUDAGraphRunner(model)
+    return model
+
+
+def _diffusers(variant: str, state: dict, tcfg, device, dtype):
+    import diffusers
+
+    kwargs = {k: v for k, v in tcfg.to_dict().items() if k != "mlp_ratio"}
+    with torch.device("meta"):
+        model = diffusers.FluxTransformer2DModel(**kwargs)
+    model.load_state_dict(state, assign=True)
+    model = model.to(device, dtype).eval()
+
+    def call(token_groups=None, group_bias=None, **feed):
+        kw = None
+        if variant == "diffusers-mask":  # the same group bias, as diffusers' explicit N×N mask
+            from unidg_rt.models.attention import group_bias_mask
+
+            kw = {"attention_mask": group_bias_mask(token_groups, group_bias.to(dtype), 1, 1)}
+        return model(**feed, joint_attention_kwargs=kw, return_dict=False)[0]
+
+    return call
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
+    tcfg_fn, vcfg_fn = PRESETS[cfg.preset]
+    tcfg = tcfg_fn()
+    torch.manual_seed(cfg.seed)
+    with torch.device(device):
+        state = {k: v.to(dtype) for k, v in FluxTransformer(tcfg).state_dict().items()}
+    feed = _inputs(cfg, tcfg, device, dtype)
+    timer = _timer(device)
+    results: dict[str, Any] = {}
+    for variant in cfg.variants:
+        try:
+            build = _diffusers if variant.startswith("diffusers") else _ours
+            model = build(variant, state, tcfg, device, dtype)
+        except Exception as exc:  # noqa: BLE001 — report why a variant is unavailable
+            results[variant] = {"skipped": f"{type(exc).__name__}: {exc}"}
+            continue
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            step = _stats(timer(lambda m=model: m(**feed), cfg.runs, cfg.warmup))
+            loop = _stats(
+                timer(lambda m=model: [m(**feed) for _ in range(cfg.steps)], max(3, cfg.runs // 3), 1)
+            )
+        entry = {"dit_step": step, f"dit_{cfg.steps}_steps": loop}
+        if device.type == "cuda":
+            entry["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        results[variant] = entry
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    results.update(_vae_stages(cfg, vcfg_fn(), device, dtype, timer))
+    results["attention"] = _attention(cfg, tcfg, device, dtype, timer)
+    base = results.get("diffusers-eager", {}).get("dit_step", {}).get("median_ms")
+    ratios = {}
+    if base:
+        for k, v in results.items():
+            if isinstance(v, dict) and "dit_step" in v:
+                ratios[k] = round(v["dit_step"]["median_ms"] / base, 4)
+    return {"config": {**cfg.__dict__, "variants": list(cfg.variants)}, "environment": environment(),
+            "results": results, "ratios_vs_diffusers_eager": ratios}  # fmt: skip
+
+
+def _vae_stages(cfg, vcfg, device, dtype, timer) -> dict[str, Any]:
+    from unidg_rt.models.vae import AutoencoderKLFlux
+
+    torch.manual_seed(cfg.seed)
+    with torch.device(device):
+        vae = AutoencoderKLFlux(vcfg).to(dtype).eval()
+    img = torch.rand(1, 3, cfg.height, 2 * cfg.width, device=device, dtype=dtype) * 2 - 1
+    out: dict[str, Any] = {}
+    with torch.inference_mode():
+        z = vae.encode(img)
+        out["ours-vae_encode"] = _stats(timer(lambda: vae.encode(img), cfg.runs, cfg.warmup))
+        out["ours-vae_decode"] = _stats(timer(lambda: vae.decode(z), cfg.runs, cfg.warmup))
+        try:
+            import diffusers
+
+            with torch.device(device):
+                ref = diffusers.AutoencoderKL(**vcfg.to_diffusers_config()).to(dtype).eval()
+            ref.load_state_dict(vae.state_dict())
+            out["diffusers-vae_encode"] = _stats(
+                timer(lambda: ref.encode(img).latent_dist.mode(), cfg.runs, cfg.warmup)
+            )
+            out["diffusers-vae_decode"] = _stats(timer(lambda: ref.decode(z).sample, cfg.runs, cfg.warmup))
+        except ImportError as exc:
+            out["diffusers-vae"] = {"skipped": str(exc)}
+    return out
+
+
+def _attention(cfg, tcfg, device, dtype, timer) -> dict[str, Any]:
+    from unidg_rt.models.attention import attention
+
+    h, w = cfg.height // 16, 2 * cfg.width // 16
+    n = cfg.text_len + h * w
+    g = torch.Generator().manual_seed(cfg.seed)
+    q, k, v = (torch.randn(1, tcfg.num_attention_heads, n, tcfg.attention_head_dim, generator=g).to(device, dtype)
+               for _ in range(3))  # fmt: skip
+    groups = torch.randint(0, 5, (n,), generator=g).to(device)
+    table = torch.from_numpy(default_group_bias(1.0)).to(device)
+    forms = ["sdpa", "reference", "fold"] + (["triton"] if device.type == "cuda" else [])
+    out: dict[str, Any] = {"tokens": n}
+    with torch.inference_mode():
+        for form in forms:
+            bias = None if form == "sdpa" else table
+            try:
+                out[form] = _stats(
+                    timer(lambda f=form, b=bias: attention(q, k, v, groups, b, form=f), cfg.runs, cfg.warmup)
+                )
+            except Exception as exc:  # noqa: BLE001
+                out[form] = {"skipped": f"{type(exc).__name__}: {exc}"}
+    if "median_ms" in out.get("sdpa", {}):
+        out["ratio_vs_unmasked"] = {
+            f: round(out[f]["median_ms"] / out["sdpa"]["median_ms"], 3)
+            for f in forms
+            if "median_ms" in out.get(f, {})
+        }
+    return out

@@ -1,0 +1,70 @@
+"""``unidg-rt bench``: side-by-side timing against diffusers (rich table + ``--json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from unidg_rt.cli.common import atomic_write_json
+
+console = Console()
+SIZES = {"tiny": (64, 64), "flux-fill": (512, 512), "default": (128, 128), "flux-dev": (512, 512)}
+
+
+def bench(
+    preset: str = typer.Option("tiny", help="tiny (CPU ok) | default | flux-fill (12B, random weights)"),
+    size: Optional[int] = typer.Option(
+        None, help="per-side size (diptych = size x 2*size); flux-fill: 512 or 768"
+    ),
+    steps: int = typer.Option(8, help="denoising steps for the end-to-end loop"),
+    runs: int = typer.Option(10, help="timed runs per measurement (median/p90)"),
+    warmup: int = typer.Option(3, help="untimed warm-up calls"),
+    text_len: Optional[int] = typer.Option(None, help="text tokens (FLUX: 512)"),
+    device: Optional[str] = typer.Option(None, help="cuda / cpu (default: cuda if available)"),
+    dtype: Optional[str] = typer.Option(None, help="bfloat16 / float16 / float32"),
+    variants: Optional[str] = typer.Option(None, help="comma list, e.g. ours-fast,diffusers-eager"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result as JSON here"),
+) -> None:
+    """Time our torch variants and diffusers on the same weights and inputs, in one process."""
+    from unidg_rt.benchmark import BenchConfig, run_bench
+
+    side = size or SIZES.get(preset, (64, 64))[0]
+    cfg = BenchConfig(preset=preset, height=side, width=side, steps=steps, runs=runs, warmup=warmup)
+    cfg.text_len = text_len or (512 if preset.startswith("flux") else 8)
+    if device:
+        cfg.device = device
+    if dtype:
+        cfg.dtype = dtype
+    if variants:
+        cfg.variants = tuple(v.strip() for v in variants.split(","))
+    result = run_bench(cfg)
+    table = Table(title=f"unidg-rt bench — {preset} {side}x{2 * side}, {cfg.device} {cfg.dtype}")
+    for col in ("variant", "median ms", "p90 ms", "vs diffusers", "peak GB"):
+        table.add_column(col)
+    ratios = result["ratios_vs_diffusers_eager"]
+    for name, entry in result["results"].items():
+        if name == "attention":
+            continue
+        stat = entry.get("dit_step", entry) if isinstance(entry, dict) else {}
+        if "skipped" in entry:
+            table.add_row(name, "—", "—", "—", entry["skipped"][:60])
+            continue
+        table.add_row(
+            name, f"{stat.get('median_ms', 0):.3f}", f"{stat.get('p90_ms', 0):.3f}",
+            f"{ratios[name]:.3f}x" if name in ratios else "", str(entry.get("peak_memory_gb", "")),
+        )  # fmt: skip
+    console.print(table)
+    att = result["results"]["attention"]
+    console.print(f"attention ({att['tokens']} tokens): " + json.dumps(att.get("ratio_vs_unmasked", {})))
+    if json_out:
+        atomic_write_json(json_out, result)
+        console.print(f"[green]wrote[/] {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

@@ -1,0 +1,43 @@
+"""Bench harness: a CPU smoke run (structure of the JSON) + GPU pytest-benchmark tests (skipped in CI)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unidg_rt.benchmark import BenchConfig, run_bench
+
+
+def test_bench_smoke_cpu():
+    cfg = BenchConfig(preset="tiny", height=32, width=32, steps=2, text_len=4, runs=2, warmup=1, device="cpu",
+                      dtype="float32", variants=("ours-eager", "ours-fast", "ours-fast-cudagraph", "diffusers-eager"))  # fmt: skip
+    out = run_bench(cfg)
+    res = out["results"]
+    assert res["ours-eager"]["dit_step"]["runs"] == 2 and "median_ms" in res["ours-fast"]["dit_step"]
+    assert "skipped" in res["ours-fast-cudagraph"]  # no CUDA here: reported, not faked
+    assert set(out["ratios_vs_diffusers_eager"]) >= {"ours-eager", "diffusers-eager"}
+    assert out["environment"]["torch"] == torch.__version__
+    assert "fold" in res["attention"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["ours-fast", "ours-fast-fp8", "diffusers-eager"])
+def test_benchmark_dit_step_flux_fill(benchmark, variant):
+    from unidg_rt.benchmark import _diffusers, _inputs, _ours
+    from unidg_rt.models.config import FluxConfig
+    from unidg_rt.models.mmdit import FluxTransformer
+
+    cfg = BenchConfig(preset="flux-fill", height=512, width=512, text_len=512)
+    tcfg = FluxConfig.flux_fill()
+    with torch.device("cuda"):
+        state = {k: v.bfloat16() for k, v in FluxTransformer(tcfg).state_dict().items()}
+    build = _diffusers if variant.startswith("diffusers") else _ours
+    model = build(variant, state, tcfg, torch.device("cuda"), torch.bfloat16)
+    feed = _inputs(cfg, tcfg, torch.device("cuda"), torch.bfloat16)
+
+    def step():
+        with torch.inference_mode():
+            model(**feed)
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(step, rounds=10, warmup_rounds=3)
