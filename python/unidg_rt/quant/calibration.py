@@ -1,0 +1,167 @@
+"""Calibration capture (issue 7): run the real pipeline on a manifest of cases and record the
+exact transformer / VAE inputs at chosen step indices into ``.npz`` files keyed by input name.
+
+Manifest (JSON): ``seed``, ``num_cases``, ``categories``, ``image_size``, ``text_mode_fraction``,
+``num_inference_steps``, ``capture_steps`` and optional explicit ``cases`` — each a dict with
+``image``, ``mask`` paths and either ``reference`` + ``reference_mask`` or ``category`` (users
+point it at their own images). Without explicit cases, procedural cases are drawn (seeded).
+
+Output: ``{component}.npz`` with one array per input name, stacked over samples along a new
+leading axis (``[S, ...]``; sample ``i`` of every array belongs together), plus
+``calibration.json`` (manifest, case list, counts). The pipeline is never modified: its runners
+are wrapped by recorders for the duration of the capture.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unidg_rt.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"calibration manifest {path} does not exist (see calibration/default.json)")
+    try:
+        m = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"calibration manifest {path} is not valid JSON: {exc}") from exc
+    m.setdefault("seed", 0)
+    m.setdefault("num_cases", 8)
+    m.setdefault("capture_steps", [0])
+    m.setdefault("cases", [])
+    m["_dir"] = str(path.parent)
+    return m
+
+
+def build_cases(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Pipeline kwargs per case (images as arrays), explicit cases first, then procedural."""
+    from unidg_rt.data import load_image, load_mask, make_reference_pair
+
+    base = Path(manifest.get("_dir", "."))
+    cases = []
+    for i, c in enumerate(manifest.get("cases", [])):
+        try:
+            kw = {"image": load_image(base / c["image"]), "mask_image": load_mask(base / c["mask"])}
+        except KeyError as exc:
+            raise InvalidInputError(
+                f"calibration case {i} lacks {exc}: give 'image' and 'mask' paths"
+            ) from exc
+        if "reference" in c:
+            kw["reference_image"] = load_image(base / c["reference"])
+            kw["reference_mask"] = load_mask(base / c["reference_mask"])
+        else:
+            kw["defect_category"] = c.get("category")
+        cases.append({**kw, "seed": int(c.get("seed", manifest["seed"] + i))})
+    rng = np.random.default_rng(manifest["seed"])
+    cats = manifest.get("categories") or ["scratch"]
+    size = int(manifest.get("image_size", 192))
+    for i in range(int(manifest["num_cases"])):
+        seed = int(manifest["seed"]) + 1000 * i
+        cat = cats[i % len(cats)]
+        pair = make_reference_pair(seed, cat, size=size)
+        kw = {"image": pair.target_image, "mask_image": pair.target_mask, "seed": seed}
+        if rng.random() < float(manifest.get("text_mode_fraction", 0.0)):
+            kw["defect_category"] = cat.replace(" ", "_")
+        else:
+            kw["reference_image"], kw["reference_mask"] = pair.reference_image, pair.reference_mask
+        cases.append(kw)
+    return cases
+
+
+class _Recorder:
+    """Wraps a runner; stores feeds (as numpy) when the pipeline's current step is selected."""
+
+    def __init__(self, runner, backend, steps: set[int] | None):
+        self.runner, self.backend, self.steps = runner, backend, steps
+        self.input_names = runner.input_names
+        self.step = 0
+        self.samples: list[dict[str, np.ndarray]] = []
+
+    def infer(self, feed):
+        if self.steps is None or self.step in self.steps:
+            self.samples.append({k: self.backend.to_numpy(v) for k, v in feed.items() if v is not None})
+        return self.runner.infer(feed)
+
+
+def _stack(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    keys = samples[0].keys()
+    out = {}
+    for k in keys:
+        shapes = {s[k].shape for s in samples}
+        if len(shapes) != 1:
+            raise InvalidInputError(
+                f"calibration input {k!r} changes shape across cases {sorted(shapes)}: use one generation size"
+            )
+        out[k] = np.stack([s[k] for s in samples])
+    return out
+
+
+def capture(pipeline, manifest: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Run every case; write ``transformer.npz``, ``vae_encoder.npz``, ``vae_decoder.npz``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    be = pipeline.backend
+    rec = {
+        "transformer": _Recorder(be.transformer, be, set(int(s) for s in manifest["capture_steps"])),
+        "vae_encoder": _Recorder(be.vae_encoder, be, None),
+        "vae_decoder": _Recorder(be.vae_decoder, be, None),
+    }
+    originals = (be.transformer, be.vae_encoder, be.vae_decoder)
+    be.transformer, be.vae_encoder, be.vae_decoder = (
+        rec["transformer"],
+        rec["vae_encoder"],
+        rec["vae_decoder"],
+    )
+
+    def on_step(_pipe, i, _t, kwargs):
+        rec["transformer"].step = i + 1
+        return kwargs
+
+    cases = build_cases(manifest)
+    try:
+        for case in cases:
+            rec["transformer"].step = 0
+            pipeline(**case, num_inference_steps=manifest.get("num_inference_steps"), callback_on_step_end=on_step,
+                     output_type="np")  # fmt: skip
+    finally:
+        be.transformer, be.vae_encoder, be.vae_decoder = originals
+    paths = {}
+    for name, r in rec.items():
+        if not r.samples:
+            raise InvalidInputError(
+                f"no {name} inputs captured: check capture_steps against num_inference_steps"
+            )
+        paths[name] = out_dir / f"{name}.npz"
+        np.savez(paths[name], **_stack(r.samples))
+    summary = {
+        "manifest": {k: v for k, v in manifest.items() if not k.startswith("_")},
+        "num_cases": len(cases),
+        "samples": {k: len(r.samples) for k, r in rec.items()},
+        "files": {k: p.name for k, p in paths.items()},
+    }
+    (out_dir / "calibration.json").write_text(json.dumps(summary, indent=2))
+    logger.info("captured %s", summary["samples"])
+    return paths
+
+
+def load_calibration(path: str | Path, component: str = "transformer") -> dict[str, np.ndarray]:
+    """The captured feeds of one component; refuses a missing capture (no random-scale quantisation)."""
+    f = Path(path)
+    if f.is_dir():
+        f = f / f"{component}.npz"
+    if not f.is_file():
+        raise InvalidInputError(
+            f"no calibration data at {f}: run `unidg-rt calibrate` first — quantising without calibration "
+            "data is refused (random scales never ship)"
+        )
+    with np.load(f) as data:
+        return {k: data[k] for k in data.files}
