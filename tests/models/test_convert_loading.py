@@ -95,3 +95,29 @@ def test_diffusers_folder_layout(tmp_path):
     t = load_transformer(tmp_path)
     assert t.config.in_channels == 384
     assert all(torch.equal(t.state_dict()[k], x) for k, x in ref.state_dict().items())
+
+
+def test_loading_peak_ram_about_one_times_weights(tmp_path):
+    """Built on meta, loaded with assign=True from the file: peak RSS growth ≈ 1× the weights."""
+    import subprocess
+    import sys
+
+    cfg = FluxConfig.tiny(num_attention_heads=8, attention_head_dim=64, axes_dims_rope=(16, 24, 24),
+                          joint_attention_dim=256, num_layers=2, num_single_layers=3)  # fmt: skip
+    t = FluxTransformer(cfg)
+    path = save_checkpoint(tmp_path / "big.safetensors", t, None)
+    size_mb = path.stat().st_size / 2**20
+    del t
+    code = (
+        "import resource, torch, sys\n"
+        "from unidg_rt.models.loading import load_transformer\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"m = load_transformer({str(path)!r})\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print((after - before) / 1024)\n"
+    )
+    grew_mb = float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    assert size_mb > 100
+    assert grew_mb < 1.35 * size_mb, f"loading {size_mb:.0f} MB grew RSS by {grew_mb:.0f} MB"

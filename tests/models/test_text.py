@@ -175,3 +175,31 @@ def test_build_embeddings_cache(encoders, tmp_path):
     np.testing.assert_allclose(e, embeds[0].numpy(), atol=1e-5)
     np.testing.assert_allclose(p, pooled[0].numpy(), atol=1e-5)
     assert "clip=text_encoder" in again.encoder
+
+
+def test_pipeline_prompt_through_text_encoders(encoders, tmp_path):
+    """Text mode with a prompt: the pipeline encodes it and equals passing the embeds directly."""
+    import numpy as np
+
+    from unidg_rt.models.config import FluxConfig
+    from unidg_rt.models.loading import save_checkpoint
+    from unidg_rt.models.mmdit import FluxTransformer
+    from unidg_rt.models.presets import tiny_vae_config
+    from unidg_rt.models.vae import AutoencoderKLFlux
+    from unidg_rt.runtime.pipeline import UniDGPipeline
+
+    cfg = FluxConfig.tiny(joint_attention_dim=encoders.dim, pooled_projection_dim=encoders.pooled_dim)
+    defaults = {"height": 32, "width": 32, "num_inference_steps": 2, "text_seq_len": 8}
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", FluxTransformer(cfg), AutoencoderKLFlux(tiny_vae_config()), defaults
+    )
+    pipe = UniDGPipeline.from_pretrained(path, text_encoders=encoders)
+    img = np.full((40, 40, 3), 128, np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[10:20, 10:20] = True
+    a = pipe(img, mask, prompt="a long scratch", seed=0, output_type="np")
+    e, p = encoders.encode(["a long scratch"], max_sequence_length=8)
+    b = pipe(
+        img, mask, prompt_embeds=e[0].numpy(), pooled_prompt_embeds=p[0].numpy(), seed=0, output_type="np"
+    )
+    assert np.array_equal(a.images, b.images)
