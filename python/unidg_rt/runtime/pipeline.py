@@ -52,6 +52,7 @@ class UniDGPipeline:
         defaults: dict[str, Any] | None = None,
         embeddings: EmbeddingsCache | None = None,
         text_encoders=None,
+        image_prompt_encoder=None,
     ):
         self.backend = backend
         self.text_seq_len = text_seq_len
@@ -63,6 +64,7 @@ class UniDGPipeline:
         self.defaults = {**FALLBACK_DEFAULTS, **(defaults or {})}
         self.embeddings = embeddings
         self.text_encoders = text_encoders
+        self.image_prompt_encoder = image_prompt_encoder  # optional SigLIP + Redux (models/redux.py)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -76,6 +78,7 @@ class UniDGPipeline:
         embeddings: str | Path | EmbeddingsCache | None = None,
         text_encoders=None,
         text_seq_len: int | None = None,
+        image_prompt_encoder=None,
     ) -> UniDGPipeline:
         """Load a UniDG checkpoint (``None`` = the embedded default model) or a diffusers folder
         into the torch backend. ``embeddings``: a category cache (defaults to the one beside the
@@ -106,6 +109,7 @@ class UniDGPipeline:
             defaults=defaults,
             embeddings=cache,
             text_encoders=text_encoders,
+            image_prompt_encoder=image_prompt_encoder,
         )
 
     # ------------------------------------------------------------------ LoRA (diffusers-style names)
@@ -297,6 +301,11 @@ class UniDGPipeline:
         dip = prepare_diptych(image, mask_image, reference_image, reference_mask, height=height, width=width)
         # 3. conditioning
         embeds, pooled = self.encode_prompt(prompt, prompt_embeds, pooled_prompt_embeds, defect_category)
+        if self.image_prompt_encoder is not None and not dip.is_text_mode:
+            # Redux: reference-crop tokens appended after the text slots (Insert-Anything layout)
+            ref_crop = (dip.image[:, : dip.width] * 255).round().astype(np.uint8)
+            tokens = self.backend.to_numpy(self.image_prompt_encoder.encode([ref_crop]))[0]
+            embeds = np.concatenate([embeds, tokens.astype(np.float32)], axis=0)
         segs = (
             segments
             if isinstance(segments, SegmentSchedule) or segments is None
