@@ -1,0 +1,144 @@
+"""``unidg-rt eval``: SFT vs SFT+APO on the held-out procedural set (table, JSON, examples grid)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from unidg_rt.errors import InvalidInputError
+
+console = Console()
+err_console = Console(stderr=True)
+
+#: (label, metric key, format) rows of the table
+ROWS = (
+    ("presence |Δ| in mask", "presence_mean", "{:.3f}"),
+    ("presence rate", "presence_rate", "{:.0%}"),
+    ("background max err", "background_max_error", "{:.0f}"),
+    ("category consistency", "consistency", "{:.0%}"),
+    ("diversity (seeds)", "diversity", "{:.3f}"),
+    ("FD to real (lower=better)", "fd", "{:.2f}"),
+    ("seconds / image", "s_per_image", "{:.2f}"),
+)
+
+
+def _fmt(value, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return fmt.format(value)
+
+
+def render_table(report) -> Table:
+    """The side-by-side rich table of an :class:`~unidg_rt.evaluation.EvalReport`."""
+    s = report.settings
+    table = Table(
+        title=f"unidg-rt eval — {s['num_cases']} cases × {s['num_seeds']} seeds, "
+        f"{s['num_inference_steps']} steps, {s['generation_size'][0]}×{s['generation_size'][1]}",
+        caption=f"presence rate: |Δ| > {s['presence_threshold']}; background in 8-bit levels, must be 0. "
+        "real = ground-truth defect through the pipeline geometry (ceiling / FD noise floor); "
+        "flat fill = mask filled with a flat colour (what the mask shape alone scores)",
+    )
+    table.add_column("metric")
+    for name in report.variants:
+        table.add_column(name, justify="right", style="bold")
+    comp = report.comparison.get("metrics", {})
+    if comp:
+        table.add_column(f"{report.comparison['candidate']} vs {report.comparison['baseline']}")
+    table.add_column("real", justify="right", style="dim")
+    table.add_column("flat fill", justify="right", style="dim")
+    for label, key, fmt in ROWS:
+        cells = [_fmt(m.get(key), fmt) for m in report.variants.values()]
+        if comp:
+            verdict = comp.get(key, {}).get("verdict", "")
+            colour = {"better": "green", "worse": "red", "FAIL": "bold red"}.get(verdict.split(" ")[0], "")
+            cells.append(f"[{colour}]{verdict}[/]" if colour else verdict)
+        cells += [_fmt(report.baselines[b].get(key), fmt) for b in ("real", "flat_fill")]
+        table.add_row(label, *cells)
+    return table
+
+
+def eval_cmd(
+    weights: Optional[Path] = typer.Option(None, help="checkpoint (default: embedded model)"),
+    embeddings: Optional[Path] = typer.Option(None, help="category embeddings cache"),
+    cases: int = typer.Option(20, "--cases", help="number of held-out cases (seeds 1_000_000 + i)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="num_inference_steps (default: the model's)"),
+    seeds: int = typer.Option(2, "--seeds", help="generation seeds per case (diversity needs >= 2)"),
+    categories: Optional[str] = typer.Option(
+        None, help="comma-separated categories (default: the ten of issue 4 the model has embeddings for)"
+    ),
+    modes: str = typer.Option("reference,text", help="comma-separated: reference, text"),
+    size: int = typer.Option(160, help="side of the procedural test images in pixels"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the full report as JSON"),
+    markdown: Optional[Path] = typer.Option(None, help="write the table as markdown (README)"),
+    grid: Optional[Path] = typer.Option(
+        None, help="write an examples grid PNG (reference | target | results)"
+    ),
+    grid_only: bool = typer.Option(False, "--grid-only", help="only write --grid, skip the metrics"),
+    classifier_cache: Optional[Path] = typer.Option(
+        None, help="folder caching the defect classifier (default: <output_dir>/eval)"
+    ),
+    device: Optional[str] = typer.Option(None, help="cpu / cuda"),
+    dtype: Optional[str] = typer.Option(None, help="auto / float32 / bfloat16 / float16"),
+    config: Optional[Path] = typer.Option(None, help="settings TOML"),
+) -> None:
+    """Evaluate SFT vs SFT+APO: presence, background, category consistency, diversity, FD."""
+    from unidg_rt.cli.common import atomic_write_bytes, atomic_write_json, pipeline_from_settings
+    from unidg_rt.evaluation import (
+        build_eval_set,
+        default_categories,
+        evaluate,
+        report_markdown,
+        save_examples_grid,
+    )
+    from unidg_rt.settings import load_settings
+
+    if grid_only and grid is None:
+        raise InvalidInputError("--grid-only needs --grid PATH.png")
+    settings = load_settings(config, weights=weights, embeddings=embeddings, device=device, dtype=dtype)
+    pipe = pipeline_from_settings(settings)
+    cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else default_categories(pipe)
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    if grid is not None:
+        t0 = time.perf_counter()
+        with console.status("[bold]writing examples grid"):
+            save_examples_grid(grid, pipe, num_inference_steps=steps, categories=cats)
+        err_console.print(f"[green]wrote[/] {grid} in {time.perf_counter() - t0:.1f} s")
+        if grid_only:
+            return
+    eval_cases = build_eval_set(cases, cats, modes=mode_list, size=size)
+    cache = classifier_cache if classifier_cache is not None else settings.output_dir / "eval"
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as progress:  # fmt: skip
+        task = progress.add_task("classifier + references", total=None)
+
+        def on_image(done: int, total: int, label: str) -> None:
+            progress.update(task, completed=done, total=total, description=label)
+
+        report = evaluate(pipe, eval_cases, num_seeds=seeds, num_inference_steps=steps,
+                          classifier_cache=cache, progress=on_image)  # fmt: skip
+    console.print(render_table(report))
+    clf = report.classifier
+    console.print(
+        f"classifier: held-out accuracy {clf['test_accuracy']:.0%} on real defects at the generation size "
+        f"({clf['test_accuracy_crisp']:.0%} as drawn, chance {clf['chance']:.0%}); FD space: "
+        f"{report.settings['fd_space']}; wall {report.wall_s:.1f} s"
+    )
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if json_path is not None:
+        atomic_write_json(json_path, report.to_dict())
+        err_console.print(f"[green]wrote[/] {json_path}")
+    if markdown is not None:
+        atomic_write_bytes(markdown, report_markdown(report).encode())
+        err_console.print(f"[green]wrote[/] {markdown}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
