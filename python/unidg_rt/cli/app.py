@@ -47,5 +47,7 @@ def main() -> None:
     try:
         app()
     except UniDGError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         sys.exit(2)
