@@ -139,6 +139,36 @@ class UniDGPipeline:
     def unfuse_lora(self) -> None:
         self._adapter_manager().unfuse()
 
+    @classmethod
+    def from_engines(cls, engines_dir: str | Path, **kwargs) -> UniDGPipeline:
+        """Load TensorRT / TensorRT-RTX plans built by ``unidg-rt build`` (checked against their
+        sidecar manifests; a mismatched plan is refused with the rebuild command). Keywords go to
+        :func:`unidg_rt.runtime.trt_backend.pipeline_from_engines`. Unverified here: no GPU that
+        can run the plans was available (see README)."""
+        from unidg_rt.runtime.trt_backend import pipeline_from_engines
+
+        return pipeline_from_engines(engines_dir, pipeline_cls=cls, **kwargs)
+
+    @classmethod
+    def from_onnx(
+        cls,
+        onnx_dir: str | Path,
+        *,
+        providers: list[str] | None = None,
+        embeddings: str | Path | EmbeddingsCache | None = None,
+        attention_form: str | None = None,
+        **kwargs,
+    ) -> UniDGPipeline:
+        """Load an exported ONNX folder (``unidg_onnx.json`` manifest; ``unidg-rt export``) into
+        ONNX Runtime. ``embeddings`` defaults to the folder's ``embeddings.safetensors``; other
+        keywords (``session_options``, ``precision``, ``io_binding``, ``text_encoders``) go to
+        :func:`unidg_rt.runtime.ort_backend.pipeline_from_onnx`."""
+        from unidg_rt.runtime.ort_backend import pipeline_from_onnx
+
+        return pipeline_from_onnx(
+            cls, onnx_dir, providers=providers, embeddings=embeddings, attention_form=attention_form, **kwargs
+        )
+
     # ------------------------------------------------------------------ validation
     def check_inputs(
         self,
@@ -306,6 +336,8 @@ class UniDGPipeline:
             ref_crop = (dip.image[:, : dip.width] * 255).round().astype(np.uint8)
             tokens = self.backend.to_numpy(self.image_prompt_encoder.encode([ref_crop]))[0]
             embeds = np.concatenate([embeds, tokens.astype(np.float32)], axis=0)
+        if segments is None:  # the checkpoint's default hierarchical schedule (data, e.g. APO strengths)
+            segments = d.get("segments")
         segs = (
             segments
             if isinstance(segments, SegmentSchedule) or segments is None

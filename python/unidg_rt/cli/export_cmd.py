@@ -1,0 +1,73 @@
+"""``unidg-rt export``: a checkpoint → ONNX folder (transformer per attention form, VAE encoder and
+decoder, ``unidg_onnx.json`` manifest); unchanged stages are skipped."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from unidg_rt.errors import InvalidInputError
+
+console = Console(stderr=True)
+
+
+def _split(value: str, name: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise InvalidInputError(f"--{name} is empty: pass a comma-separated list, e.g. --{name} fold")
+    return items
+
+
+def export(
+    weights: Optional[Path] = typer.Option(
+        None, help="UniDG checkpoint or diffusers folder (default: embedded model)"
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="output folder (default: export/out/<name>)"
+    ),
+    forms: str = typer.Option(
+        "fold", help="attention forms, comma-separated: decomposed,fold,attention_op,plugin"
+    ),
+    precision: str = typer.Option("fp32", help="fp32 / fp16 / bf16 (I/O stays float32)"),
+    components: str = typer.Option("transformer,vae_encoder,vae_decoder", help="components, comma-separated"),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (default per form: 18, attention_op 23)"),
+    external_data: Optional[bool] = typer.Option(
+        None, "--external-data/--no-external-data", help="weights in .onnx.data (default: only above 1.5 GiB)"
+    ),
+    force: bool = typer.Option(False, "--force", help="re-export even when a stage is up to date"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON on stdout"),
+) -> None:
+    """Export a checkpoint to ONNX for the onnxruntime backend and engine builds."""
+    from unidg_rt.export.pipeline import export_pipeline
+
+    name = (weights.stem if weights.is_file() else weights.name) if weights is not None else "default"
+    out_dir = out or Path("export/out") / name
+    t0 = time.perf_counter()
+    manifest = export_pipeline(
+        weights, out_dir, forms=_split(forms, "forms"), precision=precision, components=_split(components, "components"),
+        opset=opset, external_data=external_data, force=force,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=2, default=str))
+        return
+    table = Table(title=f"ONNX export → {out_dir}")
+    for col in ("component", "file", "status"):
+        table.add_column(col)
+    for r in manifest["results"]:
+        table.add_row(
+            r["component"], r["file"], "[dim]up to date[/]" if r["skipped"] else "[green]exported[/]"
+        )
+    console.print(table)
+    console.print(f"default attention form: {manifest['attention_form']}, precision {manifest['precision']} "
+                  f"({elapsed:.1f} s); run with --backend onnxruntime --onnx-dir {out_dir}")  # fmt: skip
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

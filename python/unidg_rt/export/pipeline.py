@@ -1,0 +1,222 @@
+"""Export everything ``UniDGPipeline.from_onnx`` needs, plus the ``unidg_onnx.json`` manifest.
+
+The ONNX folder is self-describing: the manifest carries the pipeline's architecture facts
+(text length, embedding widths, latent channels, VAE scale, guidance), the checkpoint's
+defaults, every exported artifact (component, attention form, precision, file) and the default
+form/precision to run. ``embeddings.safetensors`` beside the checkpoint is copied along.
+
+Stages are skipped when their inputs did not change (same weights sha256, spec, form, precision,
+opset and library versions) — then the checkpoint is not even loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unidg_rt.errors import ConfigError, WeightsError
+from unidg_rt.export.forms import EXPORT_FORMS, ORT_RUNNABLE_FORMS
+from unidg_rt.export.onnx import (
+    PRECISIONS,
+    ExportResult,
+    _atomic_write_json,
+    artifact_stem,
+    export_component,
+    file_sha256,
+    resolve_form_and_opset,
+    stage_key,
+    up_to_date,
+)
+from unidg_rt.export.spec import GenerationRange, IOSpec, component_spec
+from unidg_rt.models.config import FluxConfig
+from unidg_rt.runtime.ort_backend import MANIFEST_FORMAT, MANIFEST_NAME
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_COMPONENTS = ("transformer", "vae_encoder", "vae_decoder")
+#: default form to run when several were exported (no N×N first; benchmarks may reorder)
+FORM_PREFERENCE = ("fold", "attention_op", "decomposed", "plugin")
+
+
+def _read_configs(path: Path) -> tuple[FluxConfig, dict[str, Any] | None, dict[str, Any]]:
+    """Architecture configs and defaults without loading any weights."""
+    from unidg_rt.models.loading import read_card
+
+    if path.is_file():
+        card = read_card(path)
+        if card is None:
+            raise WeightsError(
+                f"{path} carries no 'unidg_rt' metadata: export needs a UniDG checkpoint or a diffusers folder"
+            )
+        return card.transformer, card.vae, dict(card.defaults)
+    tdir = path / "transformer" if (path / "transformer").is_dir() else path
+    cfg_file = tdir / "config.json"
+    if not cfg_file.is_file():
+        raise WeightsError(
+            f"{path}: no transformer/config.json; pass a UniDG checkpoint or a diffusers folder"
+        )
+    vae_file = path / "vae" / "config.json"
+    vae = json.loads(vae_file.read_text()) if vae_file.is_file() else None
+    return FluxConfig.from_dict(json.loads(cfg_file.read_text())), vae, {}
+
+
+def _source_sha256(path: Path) -> str:
+    if path.is_file():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*.safetensors")):
+        h.update(f"{f.relative_to(path)}:{file_sha256(f)};".encode())
+    return h.hexdigest()
+
+
+def pipeline_specs(config: FluxConfig, vae_config, ranges) -> dict[str, IOSpec]:
+    return {
+        "transformer": component_spec("transformer", config, ranges),
+        "vae_encoder": component_spec("vae_encoder", vae_config or {}, ranges),
+        "vae_decoder": component_spec("vae_decoder", vae_config or {}, ranges),
+    }
+
+
+def export_pipeline(
+    checkpoint_path: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    forms: Sequence[str] = ("fold",),
+    precision: str = "fp32",
+    *,
+    components: Sequence[str] = PIPELINE_COMPONENTS,
+    vae_precision: str | None = None,
+    opset: int | None = None,
+    ranges: GenerationRange | dict[str, GenerationRange] | None = None,
+    external_data: bool | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Export the transformer (one file per attention form) and the VAE encoder/decoder of a
+    checkpoint (``None`` = the embedded default model) into ``out_dir`` and write the manifest.
+    Returns the manifest; ``manifest["results"]`` lists what was exported or skipped."""
+    from unidg_rt.runtime.assets import default_model_path
+
+    path = Path(checkpoint_path) if checkpoint_path is not None else default_model_path()
+    if not path.exists():
+        raise WeightsError(
+            f"checkpoint {path} does not exist: pass a UniDG .safetensors or a diffusers folder"
+        )
+    out_dir = (
+        Path(out_dir)
+        if out_dir is not None
+        else Path("export/out") / (path.stem if path.is_file() else path.name)
+    )
+    bad = [c for c in components if c not in PIPELINE_COMPONENTS]
+    if bad or not components:
+        raise ConfigError(f"components={list(components)}: choose from {PIPELINE_COMPONENTS}")
+    bad = [f for f in forms if f not in EXPORT_FORMS]
+    if bad or not forms:
+        raise ConfigError(f"forms={list(forms)}: choose one or more of {EXPORT_FORMS}")
+    for p in (precision, vae_precision or precision):
+        if p not in PRECISIONS:
+            raise ConfigError(f"precision={p!r} unknown; choose one of {sorted(PRECISIONS)}")
+    vae_precision = vae_precision or precision
+
+    config, vae_config, defaults = _read_configs(path)
+    text_seq_len = int(defaults.get("text_seq_len", 512))
+    ranges = ranges or {"default": GenerationRange.around(int(defaults.get("height", 512)), text_seq_len)}
+    specs = pipeline_specs(config, vae_config, ranges)
+    source = _source_sha256(path)
+    jobs = [("transformer", f, precision) for f in forms if "transformer" in components]
+    jobs += [(c, None, vae_precision) for c in components if c != "transformer"]
+
+    models: dict[str, Any] = {}
+    results: list[ExportResult] = []
+    for component, form, prec in jobs:
+        spec = specs[component]
+        form_name, op = resolve_form_and_opset(component, form, opset)
+        stem = artifact_stem(component, form_name, prec)
+        if not force and up_to_date(out_dir, stem, stage_key(spec, form_name, prec, op, source, False, external_data)):
+            logger.info("%s.onnx is up to date; skipping", stem)
+            results.append(ExportResult(component, out_dir / f"{stem}.onnx", out_dir / f"{stem}.json", True))
+            continue
+        model = _load(models, component, path, prec)
+        results.append(
+            export_component(component, model, spec, out_dir, prec, form, opset,
+                             source_sha256=source, external_data=external_data, force=force)
+        )  # fmt: skip
+
+    embeddings = _copy_embeddings(path, out_dir)
+    manifest = _write_manifest(
+        out_dir, path, source, config, vae_config, defaults, specs, forms, precision, embeddings
+    )
+    manifest["results"] = [
+        {"component": r.component, "file": r.path.name, "skipped": r.skipped} for r in results
+    ]
+    return manifest
+
+
+def _load(cache: dict[str, Any], component: str, path: Path, precision: str):
+    """Load the transformer / VAE once per precision (the encoder and decoder share the VAE)."""
+    from unidg_rt.models.loading import load_transformer, load_vae
+
+    kind = "transformer" if component == "transformer" else "vae"
+    key = f"{kind}.{precision}"
+    if key not in cache:
+        dtype = PRECISIONS[precision]
+        cache[key] = (
+            load_transformer(path, dtype=dtype) if kind == "transformer" else load_vae(path, dtype=dtype)
+        )
+    return cache[key]
+
+
+def _copy_embeddings(path: Path, out_dir: Path) -> str | None:
+    src = (path if path.is_dir() else path.parent) / "embeddings.safetensors"
+    dst = out_dir / "embeddings.safetensors"
+    if src.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not dst.is_file() or file_sha256(dst) != file_sha256(src):
+            shutil.copyfile(src, dst)
+    return dst.name if dst.is_file() else None
+
+
+def _write_manifest(out_dir, path, source, config, vae_config, defaults, specs, forms, precision, embeddings):
+    """Merge what is on disk into ``unidg_onnx.json`` (artifacts of earlier exports are kept
+    when they came from the same weights)."""
+    from unidg_rt.export.onnx import read_sidecar
+
+    artifacts = []
+    for sidecar in sorted(out_dir.glob("*.json")):
+        info = read_sidecar(sidecar)
+        if not info or info.get("format") != "unidg-onnx-artifact/1" or info.get("source_sha256") != source:
+            continue
+        if info.get("dry_run") or not (out_dir / info["onnx_file"]).is_file():
+            continue
+        artifacts.append(
+            {k: info[k] for k in ("component", "attention_form", "precision", "opset", "onnx_file")}
+        )
+    exported_forms = [a["attention_form"] for a in artifacts if a["component"] == "transformer"]
+    runnable = [f for f in FORM_PREFERENCE if f in exported_forms and f in ORT_RUNNABLE_FORMS]
+    runnable = [f for f in runnable if f in forms] or runnable
+    vae = specs["vae_decoder"].attrs
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "source": {"path": str(path), "sha256": source},
+        "pipeline": {
+            "text_seq_len": int(defaults.get("text_seq_len", 512)),
+            "joint_attention_dim": config.joint_attention_dim,
+            "pooled_projection_dim": config.pooled_projection_dim,
+            "latent_channels": config.out_dim // 4,
+            "vae_scale_factor": int(vae["downsample_factor"]),
+            "guidance_embeds": bool(config.guidance_embeds),
+        },
+        "defaults": defaults,
+        "transformer_config": config.to_dict(),
+        "vae_config": vae_config,
+        "attention_form": runnable[0] if runnable else (exported_forms[0] if exported_forms else None),
+        "precision": precision,
+        "artifacts": artifacts,
+        "embeddings": embeddings,
+        "profiles": {name: spec.to_dict()["profiles"] for name, spec in specs.items()},
+    }
+    _atomic_write_json(out_dir / MANIFEST_NAME, manifest)
+    return manifest

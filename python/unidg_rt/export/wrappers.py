@@ -1,0 +1,153 @@
+"""Export-only ``nn.Module`` wrappers: one per component, with the spec's input/output names as
+``forward`` arguments (the ONNX input names come from them).
+
+Every wrapper keeps float I/O in float32 at every precision and casts at the graph edges
+(numpy has no bfloat16; TensorRT folds the casts into the first/last layer). The same wrappers
+run eagerly, so ORT parity checks compare against exactly what was exported.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from unidg_rt.export import ExportError
+from unidg_rt.export.spec import IOSpec
+
+logger = logging.getLogger(__name__)
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+class TransformerExport(nn.Module):
+    """``FluxTransformer`` with a fixed input set: ``token_groups [N]`` and the full per-layer
+    table ``group_bias [L, H, G, G]`` are always inputs (zeros = no bias)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.dtype = _model_dtype(model)
+
+    def forward(
+        self,
+        hidden_states,
+        encoder_hidden_states,
+        pooled_projections,
+        timestep,
+        img_ids,
+        txt_ids,
+        guidance=None,
+        token_groups=None,
+        group_bias=None,
+    ):
+        dt = self.dtype
+        out = self.model(
+            hidden_states=hidden_states.to(dt),
+            encoder_hidden_states=encoder_hidden_states.to(dt),
+            pooled_projections=pooled_projections.to(dt),
+            timestep=timestep,
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            guidance=guidance,
+            token_groups=token_groups,
+            group_bias=group_bias,
+        )
+        return out.float()  # noise_pred [B, N_img, out_dim]
+
+
+class VAEEncoderExport(nn.Module):
+    """images [-1, 1] → normalised latents ``(mode - shift) * scale`` (normalisation in-graph)."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+        self.dtype = _model_dtype(vae)
+
+    def forward(self, images):
+        z = self.vae.encode(images.to(self.dtype))  # [B, C, H/8, W/8], posterior mode
+        return self.vae.normalize_latents(z).float()
+
+
+class VAEDecoderExport(nn.Module):
+    """normalised latents → images (de-normalisation in-graph), unclamped like diffusers."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+        self.dtype = _model_dtype(vae)
+
+    def forward(self, latent):
+        z = self.vae.denormalize_latents(latent.to(self.dtype))
+        return self.vae.decode(z).float()  # [B, 3, 8h, 8w]
+
+
+def _eager_attention(model: nn.Module) -> None:
+    """transformers' SDPA attention path trips torch.export's decomposition ("Cannot view a
+    tensor ...", torch 2.13 with T5) — export the eager (MatMul/Softmax) path instead."""
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    else:  # transformers < 4.48
+        model.config._attn_implementation = "eager"
+    logger.info("%s: using eager attention for export", type(model).__name__)
+
+
+class CLIPExport(nn.Module):
+    """``CLIPTextModel`` → ``pooler_output`` (FluxPipeline's pooled prompt embedding)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        _eager_attention(model)
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids, output_hidden_states=False).pooler_output.float()
+
+
+class T5Export(nn.Module):
+    """``T5EncoderModel`` → last hidden state (``encoder_hidden_states``)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        _eager_attention(model)
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids, output_hidden_states=False)[0].float()
+
+
+_WRAPPERS = {
+    "transformer": TransformerExport,
+    "vae_encoder": VAEEncoderExport,
+    "vae_decoder": VAEDecoderExport,
+    "clip": CLIPExport,
+    "t5": T5Export,
+}
+
+
+def wrap(component: str, model: nn.Module, spec: IOSpec) -> nn.Module:
+    """The export wrapper of ``component`` (eval mode, no grad)."""
+    if not spec.exportable or component not in _WRAPPERS:
+        raise ExportError(
+            f"component {component!r} has no exporter ({spec.notes or 'spec only'}); "
+            f"exportable components: {sorted(_WRAPPERS)}"
+        )
+    if isinstance(model, tuple(_WRAPPERS.values())):
+        return model
+    return _WRAPPERS[component](model).eval().requires_grad_(False)
+
+
+def torch_feed(spec: IOSpec, feed: dict, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """numpy feed → torch tensors, only the spec's inputs, in the spec's order."""
+    out = {}
+    for name in spec.input_names:
+        if name not in feed:
+            raise ExportError(f"feed for {spec.component} lacks input {name!r}")
+        out[name] = torch.as_tensor(feed[name]).to(device)
+    return out

@@ -1,0 +1,276 @@
+"""ONNX Runtime backend: numpy arrays in, numpy arrays out (DESIGN §5).
+
+Reads an exported folder (``unidg_onnx.json`` manifest + ``{component}.{form}.{precision}.onnx``
+files, written by :func:`unidg_rt.export.pipeline.export_pipeline`) and serves the three
+runners of the backend protocol. ``onnxruntime`` is imported lazily; execution providers are
+feature-detected (``CUDAExecutionProvider`` when onnxruntime-gpu is installed, else CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unidg_rt.errors import BackendUnavailableError, ConfigError, InvalidInputError, WeightsError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "unidg_onnx.json"
+MANIFEST_FORMAT = "unidg-onnx/1"
+#: forms ONNX Runtime can execute; ``plugin`` needs the TensorRT plugin
+ORT_FORMS = ("decomposed", "fold", "attention_op")
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the ONNX Runtime backend needs onnxruntime: pip install onnxruntime "
+            "(or onnxruntime-gpu for the CUDA execution provider)"
+        ) from exc
+    return onnxruntime
+
+
+def default_providers(ort=None) -> list[str]:
+    """CUDA EP first when this onnxruntime build has it (onnxruntime-gpu), CPU always last."""
+    ort = ort or _onnxruntime()
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider",) if p in available] + ["CPUExecutionProvider"]
+
+
+def read_manifest(onnx_dir: str | Path) -> dict[str, Any]:
+    path = Path(onnx_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise WeightsError(
+            f"{path} not found: {onnx_dir} is not an exported ONNX folder; create one with "
+            "`unidg-rt export` (or unidg_rt.export.pipeline.export_pipeline)"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise WeightsError(f"{path} is not valid JSON ({exc}); re-run the export") from exc
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise WeightsError(
+            f"{path} has format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}; re-export"
+        )
+    return manifest
+
+
+def _pick(manifest, component: str, form: str | None, precision: str | None) -> dict[str, Any]:
+    arts = [a for a in manifest.get("artifacts", []) if a["component"] == component]
+    if not arts:
+        raise WeightsError(f"the ONNX folder has no {component} export; re-run `unidg-rt export` with it")
+    precision = precision or manifest.get("precision")
+    if component == "transformer":
+        form = form or manifest.get("attention_form")
+        exported = sorted({a["attention_form"] for a in arts})
+        if form not in ORT_FORMS:
+            raise ConfigError(
+                f"attention_form={form!r} cannot run on ONNX Runtime (the plugin form needs TensorRT); "
+                f"choose one of {[f for f in exported if f in ORT_FORMS]}"
+            )
+        arts = [a for a in arts if a["attention_form"] == form]
+        if not arts:
+            raise ConfigError(f"no transformer export with attention_form={form!r}; exported: {exported}")
+    exact = [a for a in arts if a["precision"] == precision]
+    return (exact or arts)[0]
+
+
+class OrtRunner:
+    """One session, the ``infer(feed) -> dict`` contract. Inputs are cast to the graph's dtypes;
+    float outputs come back as float32."""
+
+    def __init__(self, session, component: str, io_binding: bool = False):
+        self.session = session
+        self.component = component
+        self.io_binding = io_binding
+        inputs = session.get_inputs()
+        self.input_names = tuple(i.name for i in inputs)
+        self.output_names = tuple(o.name for o in session.get_outputs())
+        self._dtypes = {i.name: _NP_TYPES.get(i.type) for i in inputs}
+        self._shapes = {i.name: tuple(i.shape) for i in inputs}
+        bad = [i.name for i in inputs if self._dtypes[i.name] is None]
+        if bad:
+            raise BackendUnavailableError(
+                f"{component}: inputs {bad} have dtypes numpy cannot hold; export with fp32 I/O"
+            )
+
+    def prepare(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
+        out = {}
+        for name in self.input_names:
+            if feed.get(name) is None:
+                raise InvalidInputError(f"{self.component}: input {name!r} is required by the ONNX graph")
+            out[name] = np.ascontiguousarray(feed[name], dtype=self._dtypes[name])
+        return out
+
+    def infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
+        arrays = self.prepare(feed)
+        if self.io_binding:
+            binding = self.session.io_binding()
+            for name, arr in arrays.items():
+                binding.bind_cpu_input(name, arr)
+            for name in self.output_names:
+                binding.bind_output(name)
+            self.session.run_with_iobinding(binding)
+            outs = binding.copy_outputs_to_cpu()
+        else:
+            outs = self.session.run(None, arrays)
+        return {
+            n: (o.astype(np.float32) if np.issubdtype(o.dtype, np.floating) else o)
+            for n, o in zip(self.output_names, outs, strict=True)
+        }
+
+
+class OrtTransformerRunner(OrtRunner):
+    """Fills the optional inputs the way the torch model treats ``None``: ``token_groups`` zeros
+    and ``group_bias`` zeros (no bias); broadcasts ``[G,G]`` / ``[H,G,G]`` tables to the graph's
+    ``[L, H, G, G]``; accepts ``[B, N]`` groups when every row is the same."""
+
+    def prepare(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
+        feed = dict(feed)
+        n_tokens = np.shape(feed["encoder_hidden_states"])[1] + np.shape(feed["hidden_states"])[1]
+        if feed.get("token_groups") is None or feed.get("group_bias") is None:
+            feed["token_groups"] = np.zeros((n_tokens,), np.int64)
+            feed["group_bias"] = np.zeros(self._shapes["group_bias"], np.float32)
+        groups = np.asarray(feed["token_groups"])
+        if groups.ndim == 2:
+            if not (groups == groups[:1]).all():
+                raise InvalidInputError("token_groups differ per batch row; the ONNX graph takes one [N] row")
+            groups = groups[0]
+        feed["token_groups"] = groups
+        table = np.asarray(feed["group_bias"], dtype=np.float32)
+        target = self._shapes["group_bias"]
+        try:
+            feed["group_bias"] = np.broadcast_to(table.reshape((1,) * (4 - table.ndim) + table.shape), target)
+        except ValueError as exc:
+            raise InvalidInputError(
+                f"group_bias {table.shape} does not broadcast to the graph's {target}"
+            ) from exc
+        if "guidance" not in self.input_names:
+            feed.pop("guidance", None)
+        return super().prepare(feed)
+
+
+class OrtBackend:
+    """Sessions for ``transformer``, ``vae_encoder``, ``vae_decoder`` of an exported folder."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        onnx_dir: str | Path,
+        providers: list[str] | None = None,
+        session_options=None,
+        *,
+        attention_form: str | None = None,
+        precision: str | None = None,
+        io_binding: bool = False,
+    ):
+        ort = _onnxruntime()
+        self.onnx_dir = Path(onnx_dir)
+        self.manifest = read_manifest(self.onnx_dir)
+        available = ort.get_available_providers()
+        self.providers = list(providers) if providers else default_providers(ort)
+        missing = [p for p in self.providers if p not in available]
+        if missing:
+            raise BackendUnavailableError(
+                f"execution providers {missing} are not in this onnxruntime build (available: {available}); "
+                "for CUDA: pip uninstall onnxruntime && pip install onnxruntime-gpu"
+            )
+        if session_options is None:
+            session_options = ort.SessionOptions()
+            session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            session_options.log_severity_level = 3
+        self.artifacts = {
+            c: _pick(self.manifest, c, attention_form, precision)
+            for c in ("transformer", "vae_encoder", "vae_decoder")
+        }
+        sessions = {}
+        for component, art in self.artifacts.items():
+            path = self.onnx_dir / art["onnx_file"]
+            if not path.is_file():
+                raise WeightsError(f"{path} listed in {MANIFEST_NAME} is missing; re-run the export")
+            sessions[component] = ort.InferenceSession(str(path), session_options, providers=self.providers)
+            got = sessions[component].get_providers()
+            if got[0] != self.providers[0]:
+                logger.warning(
+                    "%s: %s unavailable at run time, running on %s", component, self.providers[0], got[0]
+                )
+        self.transformer = OrtTransformerRunner(sessions["transformer"], "transformer", io_binding)
+        self.vae_encoder = OrtRunner(sessions["vae_encoder"], "vae_encoder", io_binding)
+        self.vae_decoder = OrtRunner(sessions["vae_decoder"], "vae_decoder", io_binding)
+        t = self.artifacts["transformer"]
+        self.info = {
+            "backend": "onnxruntime",
+            "onnxruntime": ort.__version__,
+            "providers": sessions["transformer"].get_providers(),
+            "attention_form": t["attention_form"],
+            "precision": t["precision"],
+            "onnx_dir": str(self.onnx_dir),
+        }
+
+    def asarray(self, x: np.ndarray, dtype: str | None = None) -> np.ndarray:
+        x = np.asarray(x)
+        if dtype == "int":
+            return x.astype(np.int64)
+        if dtype == "float32" or np.issubdtype(x.dtype, np.floating):
+            return x.astype(np.float32, copy=False)
+        return x
+
+    def to_numpy(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        return x.astype(np.float32, copy=False) if np.issubdtype(x.dtype, np.floating) else x
+
+
+def pipeline_from_onnx(
+    cls,
+    onnx_dir: str | Path,
+    *,
+    providers: list[str] | None = None,
+    embeddings=None,
+    session_options=None,
+    attention_form: str | None = None,
+    precision: str | None = None,
+    io_binding: bool = False,
+    text_encoders=None,
+):
+    """Build ``cls`` (``UniDGPipeline``) over an :class:`OrtBackend` from the folder's manifest."""
+    from unidg_rt.embeddings import EmbeddingsCache
+
+    backend = OrtBackend(onnx_dir, providers, session_options, attention_form=attention_form,
+                         precision=precision, io_binding=io_binding)  # fmt: skip
+    m = backend.manifest
+    p = m["pipeline"]
+    if isinstance(embeddings, EmbeddingsCache):
+        cache = embeddings
+    elif embeddings is not None:
+        cache = EmbeddingsCache.load(embeddings)
+    elif m.get("embeddings") and (Path(onnx_dir) / m["embeddings"]).is_file():
+        cache = EmbeddingsCache.load(Path(onnx_dir) / m["embeddings"])
+    else:
+        cache = None
+    return cls(
+        backend,
+        text_seq_len=int(p["text_seq_len"]),
+        joint_attention_dim=int(p["joint_attention_dim"]),
+        pooled_projection_dim=int(p["pooled_projection_dim"]),
+        latent_channels=int(p["latent_channels"]),
+        vae_scale_factor=int(p["vae_scale_factor"]),
+        guidance_embeds=bool(p["guidance_embeds"]),
+        defaults=m.get("defaults") or {},
+        embeddings=cache,
+        text_encoders=text_encoders,
+    )

@@ -1,0 +1,220 @@
+"""Plan naming, sidecars, and the refusals (with their rebuild commands) — no TensorRT needed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from unidg_rt.engines import manifest as mf
+from unidg_rt.engines.build import build_engine
+from unidg_rt.errors import BackendUnavailableError, ConfigError, EngineMismatchError, InvalidInputError
+
+PROFILE = {"hidden_states": ((1, 4, 8), (1, 16, 8), (2, 64, 8))}
+
+
+@pytest.fixture
+def plan(fake_trt, tiny_onnx, tmp_path):
+    """A plan + sidecar written by build_engine over the fake TensorRT-RTX bindings (sm89)."""
+    return build_engine(tiny_onnx, tmp_path / "plans", builder="tensorrt-rtx", precision="fp16",
+                        profiles=PROFILE, target="8.9", trt_module=fake_trt("rtx"))  # fmt: skip
+
+
+def test_cc_and_target_vocabulary():
+    for raw in ("8.9", 8.9, "89", "sm89", "sm_89", (8, 9)):
+        assert mf.normalize_cc(raw) == "8.9"
+    assert mf.normalize_cc("sm120") == "12.0" and mf.normalize_cc("121") == "12.1"
+    with pytest.raises(ConfigError, match="RTX 4090"):
+        mf.normalize_cc("ada")
+    assert mf.target_tag(["12.0", "8.6", "8.9"]) == "sm86_sm89_sm120"
+    assert mf.target_tag(None) == "portable" and mf.target_tag(None, "AMPERE_PLUS") == "ampereplus"
+    assert mf.normalize_precision("FLOAT16") == "fp16" and mf.normalize_precision("BF16") == "bf16"
+    with pytest.raises(ConfigError, match="fp32, bf16, fp16, fp8, int8"):
+        mf.normalize_precision("fp64")
+
+
+def test_plan_name_round_trip():
+    name = mf.plan_name("transformer-fold", "fp16", "sm86_sm89", "tensorrt-rtx", "1.7.1.116", "ab" * 32)
+    assert name == "transformer-fold.fp16.sm86_sm89.trtrtx-1.7.1.116.abababababab.plan"
+    assert mf.parse_plan_name(name) == {
+        "component": "transformer-fold", "precision": "fp16", "target": "sm86_sm89",
+        "builder": "tensorrt-rtx", "builder_version": "1.7.1.116", "onnx_hash": "abababababab",
+    }  # fmt: skip
+    assert (
+        mf.parse_plan_name("vae_decoder.fp16.sm87.trt-10.3.0.30.0123456789ab.plan")["builder"] == "tensorrt"
+    )
+    assert mf.parse_plan_name("model.plan") is None
+    with pytest.raises(ConfigError, match="without dots"):
+        mf.plan_name("a.b", "fp16", "sm89", "tensorrt", "10.3", "00")
+
+
+def test_sidecar_contents(plan, tiny_onnx):
+    m = json.loads(plan.manifest_path.read_text())
+    assert plan.manifest_path.name == plan.plan_path.name.replace(".plan", ".json")
+    assert m["format"] == mf.MANIFEST_FORMAT and m["onnx"]["sha256"] == mf.onnx_sha256(tiny_onnx)
+    assert m["builder"] == "tensorrt-rtx" and m["builder_version"] == "1.7.1.116"
+    assert m["precision"] == "fp16" and m["target"]["compute_capabilities"] == ["8.9"]
+    assert m["profiles"] and m["unidg_rt_version"] and m["plan"]["bytes"] == plan.plan_path.stat().st_size
+    assert m["io"]["inputs"][0] == {"name": "hidden_states", "dtype": "FLOAT", "shape": [-1, -1, 8]}
+
+
+def _cmd(plan, tiny_onnx, target="--target 8.9"):
+    return (
+        f"unidg-rt build {tiny_onnx.parent} --builder tensorrt-rtx {target} --precision fp16 "
+        f"--component transformer-fold --out {plan.plan_path.parent}"
+    )
+
+
+def test_accepts_matching_plan(plan, tiny_onnx):
+    m = mf.check_plan(plan.plan_path, onnx_path=tiny_onnx, device_cc="8.9", builder_version="1.7.1.116")
+    assert m["component_tag"] == "transformer-fold"
+
+
+def test_refuses_changed_onnx_with_rebuild_command(plan, tiny_onnx):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(tiny_onnx))  # "re-exported" with other weights
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.zeros(8, np.float16), "w"))
+    onnx.save(model, str(tiny_onnx))
+    with pytest.raises(EngineMismatchError) as err:
+        mf.check_plan(plan.plan_path, onnx_path=tiny_onnx)
+    msg = str(err.value)
+    assert "the model or its export changed" in msg and _cmd(plan, tiny_onnx) in msg
+
+
+def test_refuses_other_gpu(plan, tiny_onnx):
+    with pytest.raises(EngineMismatchError) as err:
+        mf.check_plan(plan.plan_path, device_cc="8.6")
+    assert "built for sm89, this GPU is sm86" in str(err.value)
+    assert _cmd(plan, tiny_onnx, "--target 8.6") in str(err.value)
+    with pytest.raises(EngineMismatchError) as err:  # the H100: TensorRT-RTX has no sm90 target
+        mf.check_plan(plan.plan_path, device_cc="9.0")
+    assert "TensorRT-RTX does not support" in str(err.value) and "--builder tensorrt " in str(err.value)
+
+
+def test_refuses_other_builder_version(plan):
+    with pytest.raises(
+        EngineMismatchError, match=r"built by tensorrt-rtx 1\.7\.1\.116, the runtime is 1\.8\.0"
+    ):
+        mf.check_plan(plan.plan_path, builder_version="1.8.0")
+
+
+def test_refuses_foreign_or_tampered_plans(plan):
+    foreign = plan.plan_path.with_name("downloaded.plan")
+    shutil.copy(plan.plan_path, foreign)
+    with pytest.raises(EngineMismatchError, match="no unidg_rt sidecar .*only plans built by unidg_rt"):
+        mf.check_plan(foreign)
+    data = bytearray(plan.plan_path.read_bytes())
+    data[0] ^= 1
+    plan.plan_path.write_bytes(bytes(data))
+    with pytest.raises(EngineMismatchError, match="plan sha256 does not match its sidecar"):
+        mf.check_plan(plan.plan_path)
+    plan.plan_path.write_bytes(bytes(data) + b"x")
+    with pytest.raises(EngineMismatchError, match="file replaced or truncated"):
+        mf.check_plan(plan.plan_path)
+    info = mf.inspect_plan(foreign)
+    assert info["manifest"] is None and "will refuse" in info["status"]
+
+
+def test_rtx_portable_and_ampere_plus_targets():
+    portable = {"builder": "tensorrt-rtx", "target": {"compute_capabilities": None,
+                "builder_supported": ["7.5", "8.0", "8.6", "8.9", "12.0", "12.1"]}}  # fmt: skip
+    assert [mf.runs_on(portable, c) for c in ("8.6", "8.9", "12.0", "7.5", "9.0", "8.7")] == [
+        True, True, True, False, False, False,
+    ]  # fmt: skip
+    amp = {"builder": "tensorrt", "target": {"hardware_compatibility": "AMPERE_PLUS"}}
+    assert mf.runs_on(amp, "9.0") and not mf.runs_on(amp, "7.5")
+
+
+def test_inspect_plan_reports_manifest(plan):
+    info = mf.inspect_plan(plan.plan_path)
+    assert info["status"].startswith("ok") and info["name_fields"]["target"] == "sm89"
+    assert info["manifest"]["layer_report"]["fused_mha"] == 1
+
+
+def test_cli_inspect_plan(plan):
+    from typer.testing import CliRunner
+
+    from unidg_rt.cli.app import app
+
+    res = CliRunner().invoke(app, ["inspect", str(plan.plan_path)])
+    assert res.exit_code == 0, res.output
+    assert '"status": "ok: sidecar present, plan hash matches"' in res.output
+
+
+# ----------------------------------------------------------------------------- from_engines selection
+def _three_roles(fake_trt, tmp_path, tiny_onnx, **kw):
+    out = tmp_path / "plans"
+    for tag in ("transformer-decomposed", "transformer-fold", "vae_encoder", "vae_decoder"):
+        build_engine(tiny_onnx, out, builder="tensorrt-rtx", precision="fp16", profiles=PROFILE,
+                     component=tag, trt_module=fake_trt("rtx"), **kw)  # fmt: skip
+    return out
+
+
+def test_select_plans_prefers_fold_and_refuses_wrong_gpu(fake_trt, tmp_path, tiny_onnx):
+    from unidg_rt.runtime.trt_backend import model_facts, select_plans
+
+    out = _three_roles(fake_trt, tmp_path, tiny_onnx, target="8.9")
+    chosen = select_plans(out, "8.9", runtime_versions={"tensorrt-rtx": "1.7.1.116"})
+    assert chosen["transformer"][1]["component_tag"] == "transformer-fold"
+    assert set(chosen) == {"transformer", "vae_encoder", "vae_decoder"}
+    assert (
+        select_plans(out, "8.9", variant="decomposed")["transformer"][1]["component_tag"]
+        == "transformer-decomposed"
+    )
+    with pytest.raises(EngineMismatchError, match="this GPU is sm120.*\n  unidg-rt build .*--target 12.0"):
+        select_plans(out, "12.0")
+    with pytest.raises(InvalidInputError, match="no transformer plan .* with precision bf16"):
+        select_plans(out, "8.9", precision="bf16")
+    facts = model_facts(chosen["transformer"][1])
+    assert facts["latent_channels"] == 2 and facts["guidance_embeds"] is False
+
+
+def test_trt_backend_imports_without_tensorrt_and_needs_cuda(tmp_path):
+    import unidg_rt.runtime.trt_backend as tb
+
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        has_cuda = False
+    if has_cuda:
+        pytest.skip("this machine has CUDA: the no-GPU refusal is not observable here")
+    with pytest.raises(BackendUnavailableError, match="CUDA GPU"):
+        tb.pipeline_from_engines(tmp_path)
+
+
+def test_trt_runner_feed_adaptation_matches_ort():
+    """The part of the TensorRT runner that needs no GPU: optional inputs filled like ORT does."""
+    import types
+
+    import numpy as np
+    import torch
+
+    from unidg_rt.runtime.trt_backend import TRTRunner
+
+    runner = TRTRunner.__new__(TRTRunner)
+    runner.torch, runner.device = torch, torch.device("cpu")
+    runner.plan_path = mf.Path("transformer-fold.fp16.sm89.trtrtx-1.7.1.116.000000000000.plan")
+    runner.input_names = ("hidden_states", "encoder_hidden_states", "token_groups", "group_bias")
+    runner.engine = types.SimpleNamespace(get_tensor_shape=lambda name: (4, 2, 6, 6))
+    base = {
+        "hidden_states": np.zeros((1, 16, 8), np.float32),
+        "encoder_hidden_states": np.zeros((1, 8, 4), np.float32),
+    }
+    feed = runner._adapt(
+        {**base, "token_groups": None, "group_bias": None, "guidance": np.ones(1, np.float32)}
+    )
+    assert tuple(feed["token_groups"].shape) == (24,) and tuple(feed["group_bias"].shape) == (4, 2, 6, 6)
+    assert "guidance" not in feed and not feed["group_bias"].any()
+    table = np.arange(36, dtype=np.float32).reshape(6, 6)
+    feed = runner._adapt({**base, "token_groups": np.zeros((2, 24), np.int64), "group_bias": table})
+    assert tuple(feed["token_groups"].shape) == (24,) and torch.equal(
+        feed["group_bias"][3, 1], torch.from_numpy(table)
+    )
+    with pytest.raises(InvalidInputError, match="differ per batch row"):
+        runner._adapt({**base, "token_groups": np.arange(48).reshape(2, 24), "group_bias": table})
