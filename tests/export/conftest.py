@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-ALL_FORMS = ("decomposed", "fold", "attention_op", "plugin")
-RUNNABLE_FORMS = ("decomposed", "fold", "attention_op")
 OTHER_FORMS = ("decomposed", "attention_op", "plugin")
 
 

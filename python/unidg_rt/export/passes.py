@@ -49,7 +49,7 @@ def apply_spec(model, spec: IOSpec) -> dict[str, str]:
             f"{spec.component}: graph has {len(g.inputs)} inputs / {len(g.outputs)} outputs, spec "
             f"{len(spec.inputs)} / {len(spec.outputs)} ({[v.name for v in g.inputs]} vs {list(spec.input_names)})"
         )
-    renames: dict[str, str] = {}
+    seen: dict[str, str] = {}  # exporter dim name → spec dim name
     for value, t in [*zip(g.inputs, spec.inputs, strict=True), *zip(g.outputs, spec.outputs, strict=True)]:
         dims = list(value.shape) if value.shape is not None else []
         if len(dims) != len(t.shape):
@@ -65,8 +65,12 @@ def apply_spec(model, spec: IOSpec) -> dict[str, str]:
                     f"{spec.component}.{t.name} axis {axis} ({want}) was specialised to {got} by the exporter; "
                     "export with example sizes >= 2 that differ from every other dim (IOSpec.export_dims)"
                 )
-            elif got.value != want:
-                renames[str(got.value)] = want
+            elif seen.setdefault(str(got.value), want) != want:
+                raise ExportError(
+                    f"{spec.component}: the exporter merged dims {seen[str(got.value)]!r} and {want!r} "
+                    f"into {got.value!r}; export with example sizes that differ (IOSpec.export_dims)"
+                )
+    renames = {old: new for old, new in seen.items() if old != new}
     for value in _all_values(model):
         if value.shape is not None and any(
             isinstance(d, ir.SymbolicDim) and d.value in renames for d in value.shape

@@ -135,7 +135,9 @@ def export_pipeline(
         spec = specs[component]
         form_name, op = resolve_form_and_opset(component, form, opset)
         stem = artifact_stem(component, form_name, prec)
-        if not force and up_to_date(out_dir, stem, stage_key(spec, form_name, prec, op, source, False, external_data)):
+        if not force and up_to_date(
+            out_dir, stem, stage_key(spec, form_name, prec, op, source, False, external_data)
+        ):
             logger.info("%s.onnx is up to date; skipping", stem)
             results.append(ExportResult(component, out_dir / f"{stem}.onnx", out_dir / f"{stem}.json", True))
             continue

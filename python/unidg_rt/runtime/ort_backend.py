@@ -231,6 +231,8 @@ class OrtBackend:
         return x
 
     def to_numpy(self, x) -> np.ndarray:
+        if hasattr(x, "detach"):  # torch tensors from text / image-prompt encoders (any device, dtype)
+            x = x.detach().float().cpu().numpy()
         x = np.asarray(x)
         return x.astype(np.float32, copy=False) if np.issubdtype(x.dtype, np.floating) else x
 
@@ -245,9 +247,10 @@ def pipeline_from_onnx(
     attention_form: str | None = None,
     precision: str | None = None,
     io_binding: bool = False,
-    text_encoders=None,
+    **pipeline_kwargs,
 ):
-    """Build ``cls`` (``UniDGPipeline``) over an :class:`OrtBackend` from the folder's manifest."""
+    """Build ``cls`` (``UniDGPipeline``) over an :class:`OrtBackend` from the folder's manifest.
+    ``pipeline_kwargs`` (``text_encoders``, ``image_prompt_encoder``) go to ``cls`` unchanged."""
     from unidg_rt.embeddings import EmbeddingsCache
 
     backend = OrtBackend(onnx_dir, providers, session_options, attention_form=attention_form,
@@ -272,5 +275,5 @@ def pipeline_from_onnx(
         guidance_embeds=bool(p["guidance_embeds"]),
         defaults=m.get("defaults") or {},
         embeddings=cache,
-        text_encoders=text_encoders,
+        **pipeline_kwargs,
     )

@@ -161,7 +161,8 @@ class UniDGPipeline:
     ) -> UniDGPipeline:
         """Load an exported ONNX folder (``unidg_onnx.json`` manifest; ``unidg-rt export``) into
         ONNX Runtime. ``embeddings`` defaults to the folder's ``embeddings.safetensors``; other
-        keywords (``session_options``, ``precision``, ``io_binding``, ``text_encoders``) go to
+        keywords (``session_options``, ``precision``, ``io_binding``, ``text_encoders``,
+        ``image_prompt_encoder``) go to
         :func:`unidg_rt.runtime.ort_backend.pipeline_from_onnx`."""
         from unidg_rt.runtime.ort_backend import pipeline_from_onnx
 
