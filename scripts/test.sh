@@ -3,7 +3,7 @@
 # mode). Extra arguments go to pytest. Exit code 5 (nothing collected) is an error here too.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$ROOT/scripts/_venv.sh" "torch,export,kernels,text,ray,trt-rtx" 1
+source "$ROOT/scripts/_venv.sh" "torch,export,kernels,text,ray,trt-rtx,quant" 1
 cd "$ROOT"
 export TRITON_INTERPRET=1 PYTHONHASHSEED=0
 "$VENV/bin/ruff" check python tests

@@ -46,3 +46,12 @@ def test_missing_calibration_refused(tmp_path):
         load_calibration(tmp_path / "nothing")
     with pytest.raises(InvalidInputError, match="does not exist"):
         load_manifest(tmp_path / "none.json")
+
+
+def test_category_without_embeddings_falls_back_to_reference_mode(tiny_checkpoint, tmp_path):
+    pipe = UniDGPipeline.from_pretrained(tiny_checkpoint)
+    manifest = _manifest(
+        tmp_path, categories=["crack"], text_mode_fraction=1.0, num_cases=1, capture_steps=[0]
+    )
+    capture(pipe, manifest, tmp_path / "cal")
+    assert load_calibration(tmp_path / "cal")["hidden_states"].shape[0] == 1

@@ -87,8 +87,21 @@ def eval_cmd(
     device: Optional[str] = typer.Option(None, help="cpu / cuda"),
     dtype: Optional[str] = typer.Option(None, help="auto / float32 / bfloat16 / float16"),
     config: Optional[Path] = typer.Option(None, help="settings TOML"),
+    compare: Optional[Path] = typer.Option(
+        None,
+        "--compare",
+        help="exported ONNX folder: compare --precisions against its fp32 instead (issue 7)",
+    ),
+    precisions: str = typer.Option("int8", "--precisions", help="with --compare: e.g. int8,fp8"),
 ) -> None:
-    """Evaluate SFT vs SFT+APO: presence, background, category consistency, diversity, FD."""
+    """Evaluate SFT vs SFT+APO: presence, background, category consistency, diversity, FD.
+    With ``--compare ONNX_DIR``: quantised precisions vs fp32 (latent cosine, PSNR/SSIM, size)."""
+    if compare is not None:
+        from unidg_rt.cli.quantize_cmd import eval_compare
+
+        return eval_compare(compare, precisions, cases=cases, steps=steps, seeds=seeds, categories=categories,
+                            modes=modes, size=size, classifier_cache=classifier_cache, json_path=json_path,
+                            markdown=markdown)  # fmt: skip
     from unidg_rt.cli.common import atomic_write_bytes, atomic_write_json, pipeline_from_settings
     from unidg_rt.evaluation import (
         build_eval_set,

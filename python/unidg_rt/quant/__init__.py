@@ -1,1 +1,6 @@
-"""Quantisation: torch FP8 linears (GPU fast path) and Q/DQ ONNX via ModelOpt (optional extra)."""
+"""Quantisation (issue 7): calibration capture (:mod:`~unidg_rt.quant.calibration`), INT8/FP8 Q/DQ
+ONNX from the captured data (:mod:`~unidg_rt.quant.qdq`, ModelOpt's ONNX PTQ or onnxruntime's
+quantizer; graph analysis and post-validation in :mod:`~unidg_rt.quant.graph`), quantised
+artifacts in an exported folder (:mod:`~unidg_rt.quant.artifacts`, ``unidg-rt quantize``), the
+precision-vs-fp32 quality report (:mod:`~unidg_rt.quant.report`, ``unidg-rt eval --compare``) and
+torch FP8 linears for the GPU fast path (:mod:`~unidg_rt.quant.fp8`)."""

@@ -77,6 +77,12 @@ def build_cases(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return cases
 
 
+def _reference_for(seed: int, category: str, size: int):
+    from unidg_rt.data import make_reference_pair
+
+    return make_reference_pair(seed, category.replace("_", " "), size=size)
+
+
 class _Recorder:
     """Wraps a runner; stores feeds (as numpy) when the pipeline's current step is selected."""
 
@@ -127,6 +133,13 @@ def capture(pipeline, manifest: dict[str, Any], out_dir: str | Path) -> dict[str
         return kwargs
 
     cases = build_cases(manifest)
+    for case in cases:  # a category the model has no embeddings for is captured in reference mode
+        cat = case.get("defect_category")
+        if cat is not None and (pipeline.embeddings is None or cat not in pipeline.embeddings):
+            logger.warning("calibration: no embeddings for %r; capturing this case in reference mode", cat)
+            case.pop("defect_category")
+            pair = _reference_for(case["seed"], cat, int(manifest.get("image_size", 192)))
+            case["reference_image"], case["reference_mask"] = pair.reference_image, pair.reference_mask
     try:
         for case in cases:
             rec["transformer"].step = 0
