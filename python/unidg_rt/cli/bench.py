@@ -29,8 +29,13 @@ def bench(
     dtype: Optional[str] = typer.Option(None, help="bfloat16 / float16 / float32"),
     variants: Optional[str] = typer.Option(None, help="comma list, e.g. ours-fast,diffusers-eager"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result as JSON here"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (1 avoids stalls on a busy machine)"),
 ) -> None:
     """Time our torch variants and diffusers on the same weights and inputs, in one process."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from unidg_rt.benchmark import BenchConfig, run_bench
 
     side = size or SIZES.get(preset, (64, 64))[0]
