@@ -5,4 +5,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/_venv.sh" "torch" 0
 cd "$ROOT"
+# the default model is tiny: one thread is fastest and never stalls on a busy 2-core machine
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec "$VENV/bin/unidg-rt" generate --output "${UNIDG_OUTPUT:-outputs/quickstart.png}" "$@"

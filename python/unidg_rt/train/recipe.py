@@ -1,0 +1,177 @@
+"""Every hyper-parameter of the embedded default model's training, as data.
+
+The defaults of these dataclasses *are* the shipped recipe (``unidg-rt train all`` with no
+``--recipe``); a JSON file with the same nesting overrides any subset of them::
+
+    {"seed": 1, "sft": {"steps": 500}, "apo": {"beta": 200.0}}
+
+The full resolved recipe is written into ``train_report.json`` beside the weights. Budgets were
+chosen on a shared 2-core CPU (one torch thread each: see :func:`unidg_rt.train.common.setup_torch`)
+so that the whole run takes ≤ 50 min wall time there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unidg_rt.errors import ConfigError
+
+
+@dataclass
+class DataRecipe:
+    """Procedural quadruplets → diptychs (reference and text mode), seeded."""
+
+    source_size: int = 160  # side of the procedural images the crops are taken from
+    gen_size: int = 96  # per-side generation size: diptychs are gen_size × 2·gen_size
+    num_pairs: int = 800  # reference pairs; each gives 2 reference-mode + 2 text-mode diptychs
+    cross_surface: float = 0.25  # fraction of pairs whose target is another surface kind
+    text_seq_len: int = 8  # text tokens (learned per-category embeddings / zeros in reference mode)
+    encode_batch: int = 32  # VAE encode batch during latent precomputation
+
+
+@dataclass
+class VAERecipe:
+    steps: int = 4500
+    batch_size: int = 8
+    crop: int = 64  # random square crops (fully convolutional); 0 = whole diptychs
+    lr: float = 2e-4  # 1e-3 collapsed to gray (colour lost) on this tiny VAE; diffusers' AutoencoderKL too
+    warmup: int = 50
+    min_lr_frac: float = 0.2
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    l1: float = 1.0
+    l2: float = 1.0
+    grad: float = 0.5  # L1 between finite-difference image gradients (keeps thin scratches sharp)
+    kl: float = 1e-6  # small, like FLUX's VAE: latents stay close to deterministic
+    color: float = 1.0  # L1 between 8×8-average-pooled images (low-frequency colour fidelity)
+    stats_images: int = 128  # diptychs encoded (gt + masked) for shift_factor / scaling_factor
+    autocast_bf16: bool = True  # training forward in bf16 autocast (latents are computed in fp32)
+    logvar_init: float | None = -6.0  # initial posterior log-variance bias (None = PyTorch default)
+
+
+@dataclass
+class SFTRecipe:
+    """Diversity-SFT: rectified flow on diptychs, mixed reference / text (category) mode."""
+
+    steps: int = 2400
+    batch_size: int = 16
+    lr: float = 1e-3
+    embed_lr: float = 2e-3  # the learned category table
+    warmup: int = 100
+    min_lr_frac: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    text_fraction: float = 0.4  # share of text-mode samples per batch (the rest: reference mode)
+    cond_dropout: float = 0.1  # text-mode samples trained with zero embeddings (for true CFG)
+    guidance: float = 3.5  # distilled-guidance input, fixed (the runtime default)
+    logit_mean: float = 0.0  # sigma ~ sigmoid(N(mean, std)), then FLUX's resolution time shift
+    logit_std: float = 1.0
+    time_shift: bool = True
+    context_weight: float = 0.1  # loss weight of tokens outside TARGET_REGION (paste-back drops them)
+    defect_weight: float = 4.0  # extra loss weight of tokens holding ground-truth defect pixels
+    group_bias_lambda: float = 1.0  # λ of the default group-bias table, as at inference
+    embed_init_std: float = 0.5
+
+
+@dataclass
+class APORecipe:
+    """Anomaly Preference Optimization: gated LoRA vs the frozen SFT model."""
+
+    steps: int = 250
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 20
+    min_lr_frac: float = 0.1
+    grad_clip: float = 1.0
+    rank: int = 8
+    alpha: float = 8.0
+    beta: float = 500.0  # β_t = beta · (beta_floor + (1 - beta_floor) · (1 - t)^beta_power)
+    beta_floor: float = 0.25
+    beta_power: float = 1.0
+    text_fraction: float = 0.4
+    data_seed_offset: int = 7919  # APO draws its own batches (and noise) from seed + offset
+
+
+@dataclass
+class ShipRecipe:
+    """Card defaults written into the checkpoint metadata (read by UniDGPipeline)."""
+
+    num_inference_steps: int = 8
+    guidance_scale: float = 3.5
+    feather: int = 4
+    apo_strength: float = 1.0
+    # hierarchical sampling: lower APO strength in the early (high-noise) segment for diversity,
+    # full strength late (low noise) for fidelity; fractions of the step count
+    segments: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"start": 0.0, "end": 0.25, "adapter_scales": {"apo": 0.5}},
+            {"start": 0.25, "end": 1.0, "adapter_scales": {"apo": 1.0}},
+        ]
+    )
+    storage_dtype: str = "float16"  # the loader casts back to float32 on CPU
+    # bundled sample images (assets/samples): make_reference_pair(seed, category, surfaces, size)
+    sample_seed: int = 0
+    sample_category: str = "scratch"
+    sample_surface: str | None = None
+    sample_target_surface: str | None = None
+    sample_size: list[int] = field(default_factory=lambda: [192, 256])  # (height, width)
+
+
+@dataclass
+class Recipe:
+    seed: int = 0
+    arch: str = "default"  # unidg_rt.models.presets.PRESETS key (transformer + VAE)
+    threads: int = 1  # torch intra-op threads (1 is fastest on a shared, oversubscribed CPU)
+    checkpoint_every_s: float = 180.0
+    data: DataRecipe = field(default_factory=DataRecipe)
+    vae: VAERecipe = field(default_factory=VAERecipe)
+    sft: SFTRecipe = field(default_factory=SFTRecipe)
+    apo: APORecipe = field(default_factory=APORecipe)
+    ship: ShipRecipe = field(default_factory=ShipRecipe)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        return _merge(cls(), data, "recipe")
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> Recipe:
+        if path is None:
+            return cls()
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"recipe {path} is not a readable JSON file: {exc}") from exc
+        return cls.from_dict(data)
+
+    def with_steps(self, stage: str, steps: int | None) -> Recipe:
+        """A copy with ``steps`` overridden for one stage (``vae``/``sft``/``apo``) or all."""
+        if steps is None:
+            return self
+        stages = ("vae", "sft", "apo") if stage == "all" else (stage,)
+        out = Recipe.from_dict(self.to_dict())
+        for s in stages:
+            getattr(out, s).steps = int(steps)
+        return out
+
+
+def _merge(obj, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown {where} key {key!r}; known: {sorted(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, f"{where}.{key}")
+        else:
+            setattr(obj, key, value)
+    return obj

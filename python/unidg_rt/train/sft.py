@@ -1,0 +1,258 @@
+"""Stage 2: Diversity-SFT of the MM-DiT with the rectified-flow objective on diptychs.
+
+Per sample (FLUX / SD3 rectified flow, FLUX-Fill inputs, exactly the pipeline's feed)::
+
+    sigma ~ time_shift(mu(N_img), sigmoid(N(logit_mean, logit_std)))
+    z     = (1 - sigma)·x0 + sigma·noise                  # sampling.scale_noise
+    input = [pack(z) | pack(masked-image latents) | packed mask]   # 64 + 64 + 256 = 384
+    loss  = Σ_tokens w·‖v_θ(input, c, sigma) - (noise - x0)‖² / Σ w
+
+with ``w = 1`` on ``TARGET_REGION`` tokens and ``context_weight`` elsewhere (paste-back keeps
+only the masked region), plus ``defect_weight`` on tokens that hold ground-truth defect pixels
+(a few tokens per sample; without the boost the model learned to inpaint background only). Batches mix reference mode (zero text embeddings, reference crop on
+the left) and text mode (empty left half, a *learned* per-category embedding table
+``[C, T, D]`` + pooled ``[C, P]`` trained jointly; ``cond_dropout`` of them get zeros so a
+two-pass CFG segment has a meaningful unconditional branch). Token groups and the default
+group-bias table ``T(λ)`` enter attention exactly as in :meth:`UniDGPipeline._static_feed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from unidg_rt.groups import TokenGroup, default_group_bias, text_token_groups
+from unidg_rt.models.config import FluxConfig
+from unidg_rt.models.mmdit import FluxTransformer
+from unidg_rt.runtime.backend import latent_image_ids, pack_latents
+from unidg_rt.sampling import calculate_shift, scale_noise
+from unidg_rt.train.common import Checkpointer, LossLog, cosine_lr, load_checkpoint_state, set_lr, step_rng
+from unidg_rt.train.dataset import LatentSet
+from unidg_rt.train.recipe import SFTRecipe
+
+logger = logging.getLogger(__name__)
+
+
+class CategoryTable(nn.Module):
+    """Learned "text" conditioning per defect category: ``[C, T, D]`` + pooled ``[C, P]``."""
+
+    def __init__(self, num: int, seq_len: int, dim: int, pooled_dim: int, init_std: float = 0.5):
+        super().__init__()
+        self.embeds = nn.Parameter(torch.randn(num, seq_len, dim) * init_std)
+        self.pooled = nn.Parameter(torch.randn(num, pooled_dim) * init_std)
+
+    def forward(self, category: torch.Tensor, use: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of ``category [B]`` where ``use [B]`` (text mode), zeros elsewhere (reference mode)."""
+        u = use.to(self.embeds.dtype)
+        return self.embeds[category] * u[:, None, None], self.pooled[category] * u[:, None]
+
+    def entries(self, names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        e, p = self.embeds.detach().cpu().numpy(), self.pooled.detach().cpu().numpy()
+        return {n: (e[i], p[i]) for i, n in enumerate(names)}
+
+
+def init_dit(model: FluxTransformer) -> None:
+    """DiT-style init: zero adaLN modulation and output projection, so every block starts as the
+    identity and the prediction starts at 0 (trains much faster than PyTorch's default init)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and (name.endswith("norm1.linear") or name.endswith("norm1_context.linear")
+                                              or name.endswith("norm.linear") or name == "norm_out.linear"
+                                              or name == "proj_out"):  # fmt: skip
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+# ----------------------------------------------------------------------------- one batch
+@dataclass
+class FlowBatch:
+    feed: dict  # FluxTransformer kwargs except timestep
+    sigma: torch.Tensor  # [B]
+    target: torch.Tensor  # [B, N_img, 64]: noise - x0
+    weights: torch.Tensor  # [B, N_img]
+
+
+def sample_sigmas(
+    n: int, gen: torch.Generator, mean: float, std: float, n_tokens: int | None
+) -> torch.Tensor:
+    """Logit-normal sigmas, then FLUX's resolution-dependent shift (``n_tokens`` None = unshifted)."""
+    s = torch.sigmoid(torch.randn(n, generator=gen) * std + mean)
+    if n_tokens is None:
+        return s
+    e = math.exp(calculate_shift(n_tokens))
+    return e / (e + (1.0 / s - 1.0))
+
+
+def flow_batch(
+    lat: LatentSet,
+    idx: np.ndarray,
+    use_text: torch.Tensor,
+    table: CategoryTable,
+    gen: torch.Generator,
+    *,
+    guidance: float,
+    group_bias_lambda: float | None,
+    context_weight: float,
+    defect_weight: float = 0.0,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    time_shift: bool = True,
+) -> FlowBatch:
+    """Model inputs for samples ``idx``; ``use_text [B]`` selects the category embedding rows."""
+    idx_t = torch.as_tensor(idx)
+    b = len(idx)
+    _, _, h, w = lat.x0.shape
+    x0 = pack_latents(lat.x0[idx_t])  # [B, C, h, w] -> [B, N_img, 4C]
+    cond = torch.cat([pack_latents(lat.cond[idx_t]), lat.mask[idx_t].float()], dim=2)  # [B, N_img, 4C + 256]
+    n_img = x0.shape[1]
+    noise = torch.randn(x0.shape, generator=gen)
+    sigma = sample_sigmas(b, gen, logit_mean, logit_std, n_img if time_shift else None)
+    z = scale_noise(x0, noise, sigma[:, None, None])
+    embeds, pooled = table(lat.category[idx_t], use_text)
+    t_len = embeds.shape[1]
+    groups = lat.groups[idx_t]  # [B, N_img]
+    feed = {
+        "hidden_states": torch.cat([z, cond], dim=2),  # [B, N_img, 384]
+        "encoder_hidden_states": embeds,
+        "pooled_projections": pooled,
+        "img_ids": torch.from_numpy(latent_image_ids(h, w)),
+        "txt_ids": torch.zeros(t_len, 3),
+        "guidance": torch.full((b,), float(guidance)),
+        "token_groups": None,
+        "group_bias": None,
+    }
+    if group_bias_lambda is not None:
+        txt = torch.from_numpy(text_token_groups(t_len).astype(np.int64))[None].expand(b, -1)
+        feed["token_groups"] = torch.cat([txt, groups], dim=1)  # [B, N_txt + N_img]
+        feed["group_bias"] = torch.from_numpy(default_group_bias(float(group_bias_lambda)))
+    weights = torch.where(groups == int(TokenGroup.TARGET_REGION), 1.0, float(context_weight))
+    if defect_weight and lat.defect is not None:  # tokens holding defect pixels: the rare, hard part
+        weights = weights + float(defect_weight) * (lat.defect[idx_t] > 0).float()
+    return FlowBatch(feed=feed, sigma=sigma, target=noise - x0, weights=weights)
+
+
+def predict(model: FluxTransformer, batch: FlowBatch) -> torch.Tensor:
+    """``v_θ`` (keyword ``timestep`` so adapter gates see it)."""
+    return model(timestep=batch.sigma, **batch.feed)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``Σ_n w_n·mean_c (pred - target)² / Σ_n w_n`` → ``[B]``."""
+    per_token = (pred.float() - target).pow(2).mean(dim=2)  # [B, N_img]
+    return (per_token * weights).sum(1) / weights.sum(1).clamp_min(1e-8)
+
+
+def draw_indices(
+    lat: LatentSet, rng: np.random.Generator, batch: int, text_fraction: float, cond_dropout: float
+) -> tuple[np.ndarray, torch.Tensor]:
+    """A mixed batch: indices and ``use_text`` (text mode and not dropped)."""
+    text_idx, ref_idx = lat.indices(True), lat.indices(False)
+    is_text = rng.random(batch) < text_fraction
+    if len(text_idx) == 0:
+        is_text[:] = False
+    if len(ref_idx) == 0:
+        is_text[:] = True
+    idx = np.where(
+        is_text,
+        text_idx[rng.integers(0, max(1, len(text_idx)), batch)] if len(text_idx) else 0,
+        ref_idx[rng.integers(0, max(1, len(ref_idx)), batch)] if len(ref_idx) else 0,
+    )
+    keep = rng.random(batch) >= cond_dropout
+    return idx, torch.from_numpy(is_text & keep)
+
+
+def sft_step_batch(
+    lat: LatentSet, table: CategoryTable, recipe: SFTRecipe, seed: int, step: int
+) -> FlowBatch:
+    rng, gen = step_rng(seed, "sft", step)
+    idx, use = draw_indices(lat, rng, recipe.batch_size, recipe.text_fraction, recipe.cond_dropout)
+    return flow_batch(
+        lat, idx, use, table, gen, guidance=recipe.guidance, group_bias_lambda=recipe.group_bias_lambda,
+        context_weight=recipe.context_weight, defect_weight=recipe.defect_weight,
+        logit_mean=recipe.logit_mean, logit_std=recipe.logit_std, time_shift=recipe.time_shift,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- training loop
+def new_sft_models(config: FluxConfig, lat: LatentSet, text_seq_len: int, recipe: SFTRecipe, seed: int):
+    torch.manual_seed(seed)
+    model = FluxTransformer(config)
+    init_dit(model)
+    table = CategoryTable(len(lat.categories), text_seq_len, config.joint_attention_dim,
+                          config.pooled_projection_dim, recipe.embed_init_std)  # fmt: skip
+    return model, table
+
+
+def train_sft(
+    lat: LatentSet,
+    recipe: SFTRecipe,
+    config: FluxConfig,
+    seed: int,
+    text_seq_len: int = 8,
+    ckpt_path: Path | None = None,
+    checkpoint_every_s: float = 180.0,
+) -> tuple[FluxTransformer, CategoryTable, dict]:
+    model, table = new_sft_models(config, lat, text_seq_len, recipe, seed)
+    model.train()
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+            {
+                "params": list(table.parameters()),
+                "weight_decay": 0.0,
+                "lr_scale": recipe.embed_lr / recipe.lr,
+            },
+        ],
+        lr=recipe.lr,
+    )
+    log = LossLog("sft", recipe.steps)
+    start, prev_wall = 0, 0.0
+    state = load_checkpoint_state(ckpt_path) if ckpt_path is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        table.load_state_dict(state["table"])
+        opt.load_state_dict(state["opt"])
+        start, prev_wall, log.values = state["step"], state["wall_s"], state["losses"]
+    t0 = time.perf_counter()
+    ckpt = Checkpointer(ckpt_path, checkpoint_every_s) if ckpt_path is not None else None
+
+    def snapshot(step):
+        return {"step": step, "model": model.state_dict(), "table": table.state_dict(), "opt": opt.state_dict(),
+                "wall_s": prev_wall + time.perf_counter() - t0, "losses": list(log.values)}  # fmt: skip
+
+    params = list(model.parameters()) + list(table.parameters())
+    for step in range(start, recipe.steps):
+        batch = sft_step_batch(lat, table, recipe, seed, step)
+        set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup, recipe.min_lr_frac))
+        loss = weighted_mse(predict(model, batch), batch.target, batch.weights).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+        opt.step()
+        log.add(step, float(loss.detach()))
+        if ckpt is not None:
+            ckpt.maybe_save(lambda s=step: snapshot(s + 1))
+    wall = prev_wall + time.perf_counter() - t0
+    model.eval().requires_grad_(False)
+    table.requires_grad_(False)
+    return model, table, {"steps": recipe.steps, "wall_s": round(wall, 1), **log.summary()}
+
+
+@torch.no_grad()
+def fixed_batch_loss(model: FluxTransformer, lat: LatentSet, table: CategoryTable, recipe: SFTRecipe,
+                     seed: int, n_batches: int = 4) -> float:  # fmt: skip
+    """Loss on a few fixed held-out-stream batches (same draw every call): a stable metric."""
+    vals = []
+    for i in range(n_batches):
+        batch = sft_step_batch(lat, table, recipe, seed + 10_000, i)
+        vals.append(float(weighted_mse(predict(model, batch), batch.target, batch.weights).mean()))
+    return float(np.mean(vals))

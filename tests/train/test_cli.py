@@ -1,0 +1,35 @@
+"""``unidg-rt train`` is registered and runs a tiny recipe end to end."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from unidg_rt.cli.app import app
+
+from .conftest import TINY_RECIPE
+
+
+def test_train_cli_tiny(tmp_path):
+    recipe = tmp_path / "tiny.json"
+    recipe.write_text(json.dumps(TINY_RECIPE))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        app, ["train", "all", "--recipe", str(recipe), "--out", str(out), "--steps", "1"]
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["stages"]["sft"]["steps"] == 1
+    for f in ("model.safetensors", "embeddings.safetensors", "apo.safetensors"):
+        assert (out / f).is_file()
+    # the run folder is a loadable UniDG checkpoint with the APO adapter and default segments
+    from unidg_rt.runtime.pipeline import UniDGPipeline
+
+    pipe = UniDGPipeline.from_pretrained(out / "model.safetensors")
+    assert "apo" in pipe.backend.adapters.adapters and pipe.defaults["segments"]
+
+
+def test_train_cli_rejects_unknown_stage():
+    res = CliRunner().invoke(app, ["train", "everything"])
+    assert res.exit_code != 0

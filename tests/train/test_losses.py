@@ -1,0 +1,91 @@
+"""APO loss vs a hand computation; β_t schedule; the flow-matching batch uses the pipeline feed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from unidg_rt.groups import default_group_bias
+from unidg_rt.train.apo import apo_loss, beta_schedule
+from unidg_rt.train.sft import CategoryTable, flow_batch, sample_sigmas, weighted_mse
+
+
+def test_apo_loss_equals_hand_computation():
+    err_theta = torch.tensor([0.30, 0.10, 0.50])
+    err_ref = torch.tensor([0.20, 0.20, 0.50])
+    beta_t = torch.tensor([10.0, 5.0, 1.0])
+    # -log sigmoid(-b (e - r)) = log(1 + exp(b (e - r)))
+    hand = (math.log(1 + math.exp(10 * 0.1)) + math.log(1 + math.exp(5 * -0.1)) + math.log(2)) / 3
+    assert abs(float(apo_loss(err_theta, err_ref, beta_t)) - hand) < 1e-6
+    assert abs(float(apo_loss(err_theta, err_ref, 0.0)) - math.log(2)) < 1e-7  # β = 0: log 2
+
+
+def test_beta_schedule():
+    t = torch.tensor([0.0, 0.5, 1.0])
+    np.testing.assert_allclose(beta_schedule(t, 100.0, floor=0.25, power=1.0).numpy(), [100.0, 62.5, 25.0])
+    np.testing.assert_allclose(beta_schedule(t, 8.0, floor=1.0).numpy(), [8.0, 8.0, 8.0])
+
+
+def test_weighted_mse_by_hand():
+    pred = torch.zeros(1, 2, 4)
+    target = torch.stack([torch.full((4,), 1.0), torch.full((4,), 3.0)])[None]  # token errors 1, 9
+    w = torch.tensor([[1.0, 0.1]])
+    assert abs(float(weighted_mse(pred, target, w)[0]) - (1 + 0.9) / 1.1) < 1e-6
+
+
+def test_sigmas_shifted_like_flux():
+    from unidg_rt.sampling import calculate_shift, time_shift
+
+    g = torch.Generator().manual_seed(0)
+    raw = sample_sigmas(64, g, 0.0, 1.0, None)
+    g = torch.Generator().manual_seed(0)
+    shifted = sample_sigmas(64, g, 0.0, 1.0, 72)
+    np.testing.assert_allclose(shifted.numpy(), time_shift(calculate_shift(72), raw.numpy()), rtol=1e-5)
+    assert ((shifted > 0) & (shifted < 1)).all()
+
+
+def test_flow_batch_is_the_pipeline_feed(tiny_latents):
+    lat = tiny_latents
+    table = CategoryTable(len(lat.categories), 4, 32, 16)
+    idx = np.array([0, 1, 2, 3])
+    use = torch.from_numpy(lat.text_mode.numpy()[idx])
+    b = flow_batch(lat, idx, use, table, torch.Generator().manual_seed(0), guidance=3.5,
+                   group_bias_lambda=1.0, context_weight=0.1)  # fmt: skip
+    n_img = lat.groups.shape[1]
+    assert b.feed["hidden_states"].shape == (4, n_img, 384)
+    assert torch.equal(b.feed["hidden_states"][..., 128:], lat.mask[idx].float())  # packed mask last
+    assert b.feed["token_groups"].shape == (4, 4 + n_img)
+    assert (b.feed["token_groups"][:, :4] == 0).all()  # TEXT group first, like _static_feed
+    assert torch.equal(b.feed["group_bias"], torch.from_numpy(default_group_bias(1.0)))
+    # reference-mode samples get zero embeddings, text-mode samples their category row
+    e = b.feed["encoder_hidden_states"]
+    for i, j in enumerate(idx):
+        if lat.text_mode[j]:
+            assert torch.equal(e[i], table.embeds[lat.category[j]])
+        else:
+            assert (e[i] == 0).all()
+    # rectified-flow target: z = (1 - s) x0 + s n and v = n - x0  =>  x0 = z - s v
+    z = b.feed["hidden_states"][..., :64]
+    from unidg_rt.runtime.backend import pack_latents
+
+    x0 = pack_latents(lat.x0[idx])
+    torch.testing.assert_close(z - b.sigma[:, None, None] * b.target, x0, atol=1e-5, rtol=1e-5)
+
+
+def test_defect_tokens_get_extra_weight(tiny_latents):
+    from unidg_rt.groups import TokenGroup
+
+    lat = tiny_latents
+    assert lat.defect is not None and lat.defect.shape == lat.groups.shape
+    assert (lat.defect[lat.groups != int(TokenGroup.TARGET_REGION)] == 0).all()  # defects only in the mask
+    table = CategoryTable(len(lat.categories), 4, 32, 16)
+    idx = np.arange(len(lat))
+    use = torch.zeros(len(idx), dtype=torch.bool)
+    kw = dict(guidance=3.5, group_bias_lambda=1.0, context_weight=0.1)
+    plain = flow_batch(lat, idx, use, table, torch.Generator().manual_seed(0), **kw)
+    boosted = flow_batch(lat, idx, use, table, torch.Generator().manual_seed(0), defect_weight=4.0, **kw)
+    extra = boosted.weights - plain.weights
+    torch.testing.assert_close(extra, 4.0 * (lat.defect > 0).float())
+    assert (lat.defect > 0).any()
