@@ -34,7 +34,20 @@ TARGETS = {
     "vae_encoder": ["8.9"],
     "vae_decoder": ["8.9"],
 }
-DEFAULT_LAYERS = 4  # the embedded default model: 2 double + 2 single blocks = 4 attentions
+
+
+def _default_arch():
+    """Attention count and folded head dim of the shipped default model (read from its card)."""
+    from unidg_rt.groups import NUM_GROUPS
+    from unidg_rt.models.loading import read_card
+    from unidg_rt.runtime.assets import default_model_path
+
+    cfg = read_card(default_model_path()).transformer
+    d = cfg.attention_head_dim + NUM_GROUPS
+    return cfg.total_layers, d + (-d) % 8  # fold pads q/k to a multiple of 8
+
+
+DEFAULT_LAYERS, FOLDED_HEAD_DIM = _default_arch()
 
 
 @pytest.fixture(scope="session")
@@ -82,12 +95,12 @@ def test_plan_and_manifest(plans, exported, tag):
 
 
 def test_fold_form_fuses_without_mask(plans):
-    """Bias folding: every attention is one fused MHA kernel with only q, k, v (head dim 16 + 6
-    groups, padded to 24), so the N×N bias never exists."""
+    """Bias folding: every attention is one fused MHA kernel with only q, k, v (head dim + 5 group
+    columns, padded to a multiple of 8), so the N×N bias never exists."""
     r = plans["transformer-fold"].attention
     assert r["fused_mha"] == DEFAULT_LAYERS, r["verdict"]
     assert r["fused_mha_with_mask_input"] == 0 and r["unfused_softmax"] == 0
-    assert r["mha_head_dims"] == [24]
+    assert r["mha_head_dims"] == [FOLDED_HEAD_DIM]
 
 
 def test_decomposed_form_fuses_with_materialised_mask(plans):
