@@ -101,10 +101,15 @@ class EvalReport:
         return _jsonable(self.__dict__)
 
     def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return path
+        return save_report_json(self.to_dict(), path)
+
+
+def save_report_json(data: dict[str, Any], path: str | Path) -> Path:
+    """Write a report dict as sorted, indented JSON (shared by eval and precision reports)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def _jsonable(x):

@@ -184,10 +184,9 @@ class PrecisionReport:
         return _jsonable(self.__dict__)
 
     def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return path
+        from unidg_rt.evaluation.evaluator import save_report_json
+
+        return save_report_json(self.to_dict(), path)
 
 
 def _artifact_bytes(onnx_dir: Path, art: dict[str, Any]) -> int:
