@@ -91,6 +91,32 @@ def test_segments_and_true_cfg_run(pipe, sample_inputs):
     assert not np.array_equal(a.images, b.images)
 
 
+def _count_transformer_calls(pipe, monkeypatch) -> list[int]:
+    calls = [0]
+    infer = pipe.backend.transformer.infer
+
+    def counting(feed):
+        calls[0] += 1
+        return infer(feed)
+
+    monkeypatch.setattr(pipe.backend.transformer, "infer", counting)
+    return calls
+
+
+def test_true_cfg_skips_the_equal_pass_in_reference_mode(pipe, sample_inputs, monkeypatch):
+    img, mask, ref, rmask = sample_inputs
+    cfg = [{"start": 0.0, "end": 1.0, "true_cfg_scale": 3.0}]
+    plain = pipe(img, mask, ref, rmask, seed=0, segments=[], output_type="np", num_inference_steps=3)
+    calls = _count_transformer_calls(pipe, monkeypatch)
+    a = pipe(img, mask, ref, rmask, seed=0, segments=cfg, output_type="np", num_inference_steps=3)
+    # zero (reference-mode) embeddings: the negative pass would be the same call -> skipped, same image
+    assert calls[0] == 3 and np.array_equal(a.images, plain.images)
+    calls[0] = 0
+    t = pipe(img, mask, defect_category="scratch", seed=0, segments=cfg, output_type="np", num_inference_steps=3)
+    t0 = pipe(img, mask, defect_category="scratch", seed=0, segments=[], output_type="np", num_inference_steps=3)
+    assert calls[0] == 3 * 2 + 3 and not np.array_equal(t.images, t0.images)  # text mode: two passes
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

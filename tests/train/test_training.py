@@ -32,14 +32,30 @@ def test_vae_step_decreases_loss(tiny_diptychs):
     torch.manual_seed(0)
     vae = AutoencoderKLFlux(tiny_vae_config())
     recipe = VAERecipe(autocast_bf16=False)
-    x = random_crops(tiny_diptychs, np.random.default_rng(0), 2, 32)
+    x, defect = random_crops(tiny_diptychs, np.random.default_rng(0), 2, 32, defect_crop=1.0)
 
     def loss():
-        return vae_loss(vae, x, recipe, torch.Generator().manual_seed(1))[0]
+        return vae_loss(vae, x, recipe, torch.Generator().manual_seed(1), weight=1.0 + 4.0 * defect)[0]
 
-    before = float(loss())
+    before = float(loss().detach())
     _adam_steps(vae.parameters(), loss, n=2)
-    assert float(loss()) < before
+    assert float(loss().detach()) < before
+
+
+def test_defect_crops_hold_the_defect_and_weight_only_it(tiny_diptychs):
+    rng = np.random.default_rng(3)
+    x, defect = random_crops(tiny_diptychs, rng, 8, 32, defect_crop=1.0)
+    assert x.shape == (8, 3, 32, 32) and defect.shape == (8, 1, 32, 32)
+    assert set(np.unique(defect.numpy())) <= {0.0, 1.0}
+    # ground-truth crops centred on a defect pixel (±crop/4) hold defect pixels
+    assert float(defect.amax(dim=(1, 2, 3)).sum()) >= 1
+    # a defect pixel's weight is what the loss sees: equal images -> zero loss whatever the weight
+    vae = AutoencoderKLFlux(tiny_vae_config())
+    recipe = VAERecipe(autocast_bf16=False, kl=0.0)
+    gen = torch.Generator().manual_seed(0)
+    loss_w = vae_loss(vae, x, recipe, gen, weight=1.0 + 9.0 * defect)[0].detach()
+    loss_1 = vae_loss(vae, x, recipe, torch.Generator().manual_seed(0))[0].detach()
+    assert torch.isfinite(loss_w) and torch.isfinite(loss_1) and float(loss_w) != float(loss_1)
 
 
 def _sft_setup(lat):
@@ -58,9 +74,9 @@ def test_sft_step_decreases_loss(tiny_latents):
         batch = sft_step_batch(tiny_latents, table, recipe, seed=0, step=0)
         return weighted_mse(predict(model, batch), batch.target, batch.weights).mean()
 
-    before = float(loss())
+    before = float(loss().detach())
     _adam_steps(list(model.parameters()) + list(table.parameters()), loss, n=2)
-    assert float(loss()) < before
+    assert float(loss().detach()) < before
 
 
 def _apo_setup(lat):
@@ -81,10 +97,10 @@ def test_apo_step_decreases_loss_and_starts_at_log2(tiny_latents):
         e_theta, e_ref = apo_errors(model, mgr, batch)
         return apo_loss(e_theta, e_ref, beta_schedule(batch.sigma, recipe.beta, recipe.beta_floor))
 
-    before = float(loss())
+    before = float(loss().detach())
     assert abs(before - math.log(2)) < 1e-6  # B = 0: the adapter starts as the identity
     _adam_steps(list(ad.parameters()), loss, n=2)
-    assert float(loss()) < before
+    assert float(loss().detach()) < before
 
 
 def test_adapter_off_is_base_exactly_and_gate_scales_by_t(tiny_latents):

@@ -60,7 +60,7 @@ def train(
         from unidg_rt.train.ship import preview_grid, sample_pair, ship_assets, write_samples
 
         if ship:
-            sizes = ship_assets(out)
+            sizes = ship_assets(out, recipe=rec)
             write_samples(samples_dir(), rec.ship)
             console.print(f"[green]shipped[/] {json.dumps(sizes)}")
         if preview:

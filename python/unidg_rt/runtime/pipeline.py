@@ -353,11 +353,14 @@ class UniDGPipeline:
         feed = self._static_feed(dip, embeds, pooled, n, guidance_scale, group_bias)
         # 5. schedule
         sig = flux_sigmas(num_inference_steps, dip.num_image_tokens, sigmas)
+        # true CFG compares against zero embeddings: with zero conditioning (reference mode
+        # without Redux) both passes are the same call, so the second one is skipped
+        cfg_possible = bool(np.any(embeds) or np.any(pooled))
         # 6. denoising loop
         for i in range(len(sig) - 1):
             seg = segs.at(i, len(sig) - 1) if segs is not None else None
             self._set_adapters(seg)
-            v = self._predict(x, cond, feed, float(sig[i]), seg, guidance_scale, n)
+            v = self._predict(x, cond, feed, float(sig[i]), seg, n, cfg_possible)
             x = euler_step(x, v, float(sig[i]), float(sig[i + 1]))
             if callback_on_step_end is not None:
                 out = callback_on_step_end(self, i, float(sig[i]) * 1000, {"latents": x}) or {}
@@ -412,7 +415,7 @@ class UniDGPipeline:
             feed["group_bias"] = a(bias, "float32")
         return feed
 
-    def _predict(self, x, cond, feed, sigma, seg, guidance_scale, n):
+    def _predict(self, x, cond, feed, sigma, seg, n, cfg_possible=True):
         a = self.backend.asarray
         step_feed = dict(feed)
         step_feed["hidden_states"] = cat([x, cond], axis=2)  # [B, N_img, 64 + 320]
@@ -420,7 +423,7 @@ class UniDGPipeline:
         if seg is not None and seg.guidance_scale is not None and self.guidance_embeds:
             step_feed["guidance"] = a(np.full((n,), seg.guidance_scale, np.float32), "float32")
         v = self.backend.transformer.infer(step_feed)["noise_pred"]
-        if seg is not None and seg.true_cfg_scale is not None and seg.true_cfg_scale > 1:
+        if cfg_possible and seg is not None and seg.true_cfg_scale is not None and seg.true_cfg_scale > 1:
             # two-pass classifier-free guidance against zero (unconditional) embeddings
             neg = dict(step_feed)
             neg["encoder_hidden_states"] = feed["encoder_hidden_states"] * 0

@@ -37,7 +37,13 @@ def arch_configs(recipe: Recipe):
     if recipe.arch not in PRESETS:
         raise ValueError(f"recipe.arch={recipe.arch!r} unknown; choose one of {sorted(PRESETS)}")
     tfn, vfn = PRESETS[recipe.arch]
-    return tfn(), vfn()
+    vcfg = vfn()
+    if recipe.vae.config:
+        import dataclasses
+
+        vcfg = dataclasses.replace(vcfg, **{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in recipe.vae.config.items()})
+    return tfn(), vcfg
 
 
 def card_defaults(recipe: Recipe, with_apo: bool) -> dict[str, Any]:

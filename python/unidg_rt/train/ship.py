@@ -26,8 +26,38 @@ def default_assets_dir() -> Path:
     return assets_dir() / "default"
 
 
-def ship_assets(out: Path, dest: Path | None = None, max_bytes: int = MAX_ASSET_BYTES) -> dict[str, int]:
-    """Copy the run's shippable files into ``dest`` (default: the package's ``assets/default``)."""
+def rewrite_card_defaults(path: Path, defaults: dict[str, Any]) -> None:
+    """Replace the card ``defaults`` of a UniDG checkpoint in place (weights untouched): the
+    ship recipe (steps, CFG, segments) does not influence training, so it can change after it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from unidg_rt.models.config import ModelCard
+    from unidg_rt.models.loading import METADATA_KEY
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    card = ModelCard.from_json(meta[METADATA_KEY])
+    meta[METADATA_KEY] = ModelCard(card.transformer, card.vae, defaults, card.format).to_json()
+    tensors = load_file(str(path))
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def ship_assets(
+    out: Path, dest: Path | None = None, max_bytes: int = MAX_ASSET_BYTES, recipe=None
+) -> dict[str, int]:
+    """Copy the run's shippable files into ``dest`` (default: the package's ``assets/default``);
+    with ``recipe``, the model card's defaults are first refreshed from ``recipe.ship``."""
+    if recipe is not None:
+        from unidg_rt.train.run import card_defaults
+
+        rewrite_card_defaults(Path(out) / "model.safetensors", card_defaults(recipe, with_apo=True))
+        report_path = Path(out) / "train_report.json"
+        report = json.loads(report_path.read_text())
+        report.setdefault("recipe", {})["ship"] = recipe.to_dict()["ship"]
+        report_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     dest = Path(dest) if dest is not None else default_assets_dir()
     missing = [f for f in SHIPPED_FILES if not (Path(out) / f).is_file()]
     if missing:

@@ -35,14 +35,16 @@ from unidg_rt.train.recipe import VAERecipe
 
 logger = logging.getLogger(__name__)
 _META = "unidg_vae"
+DEFECT_THRESHOLD = 12  #: |ground truth - normal| above this (8-bit levels) marks a defect pixel
 
 
 def _image_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]  # d/dx, d/dy
 
 
-def vae_loss(vae: AutoencoderKLFlux, x: torch.Tensor, recipe: VAERecipe, generator=None):
-    """``(loss, parts)`` for images ``x [B, 3, H, W]`` in [-1, 1]."""
+def vae_loss(vae: AutoencoderKLFlux, x: torch.Tensor, recipe: VAERecipe, generator=None, weight=None):
+    """``(loss, parts)`` for images ``x [B, 3, H, W]`` in [-1, 1]; ``weight [B, 1, H, W]``
+    (optional) scales the per-pixel L1/L2 terms (mean-normalised per batch)."""
     # bf16 autocast (optional) only around the convolutions: 2.4× faster on AVX512-BF16 CPUs
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.autocast_bf16):
         moments = vae.encode_moments(x)
@@ -53,11 +55,14 @@ def vae_loss(vae: AutoencoderKLFlux, x: torch.Tensor, recipe: VAERecipe, generat
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.autocast_bf16):
         rec = vae.decode(z)
     rec = rec.float()
-    l1 = (rec - x).abs().mean()
-    l2 = (rec - x).pow(2).mean()
+    w = torch.ones_like(x[:, :1]) if weight is None else weight / weight.mean()  # [B, 1, H, W]
+    l1 = ((rec - x).abs() * w).mean()
+    l2 = ((rec - x).pow(2) * w).mean()
     gx, gy = _image_grad(rec)
     tx, ty = _image_grad(x)
-    grad = 0.5 * ((gx - tx).abs().mean() + (gy - ty).abs().mean())
+    wx, wy = _image_grad(w)  # weights of the difference pixels: mean of both neighbours
+    wx, wy = w[..., :, 1:] - 0.5 * wx, w[..., 1:, :] - 0.5 * wy
+    grad = 0.5 * (((gx - tx).abs() * wx).mean() + ((gy - ty).abs() * wy).mean())
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
     # low-frequency colour: L1 between 8×8-average-pooled images (a tiny VAE otherwise washes
     # colours out long before it gets textures right)
@@ -67,23 +72,36 @@ def vae_loss(vae: AutoencoderKLFlux, x: torch.Tensor, recipe: VAERecipe, generat
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def random_crops(dset: DiptychSet, rng: np.random.Generator, batch: int, crop: int) -> torch.Tensor:
-    """``[B, 3, crop, crop]`` from random diptychs (ground truth or masked), random flips;
-    ``crop`` 0 = whole diptychs ``[B, 3, H, 2W]`` (GroupNorm then sees the statistics of both
-    halves, as at inference: crops alone taught a colour shift on two-surface diptychs)."""
+def random_crops(
+    dset: DiptychSet, rng: np.random.Generator, batch: int, crop: int, defect_crop: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images [B, 3, crop, crop], defect [B, 1, crop, crop])`` from random diptychs (ground
+    truth or masked), random flips. ``defect`` is 1 where a ground-truth image differs from the
+    normal input (the target's defect pixels), else 0. A share ``defect_crop`` of the ground-truth
+    crops is centred on a random defect pixel. ``crop`` 0 = whole diptychs ``[B, 3, H, 2W]``
+    (GroupNorm then sees the statistics of both halves, as at inference)."""
     idx = rng.integers(0, len(dset), size=batch)
     which = rng.random(batch) < 0.5
-    out = []
+    images, defects = [], []
     for i, masked in zip(idx, which, strict=True):
         img = dset.float_images([i], "masked" if masked else "gt")[0]  # [3, H, 2W]
+        diff = np.abs(dset.image_gt[i].astype(np.int16) - dset.image_masked[i].astype(np.int16))
+        defect = torch.from_numpy((diff.max(-1) > DEFECT_THRESHOLD) & ~masked).float()[None]  # [1, H, 2W]
         h, w = img.shape[1:]
         ch, cw = (h, w) if crop <= 0 else (crop, crop)
-        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        patch = img[:, y : y + ch, x : x + cw]
+        ys, xs = np.nonzero(defect[0].numpy())
+        if len(ys) and rng.random() < defect_crop:
+            k = int(rng.integers(len(ys)))
+            y = int(np.clip(ys[k] - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, h - ch))
+            x = int(np.clip(xs[k] - cw // 2 + rng.integers(-cw // 4, cw // 4 + 1), 0, w - cw))
+        else:
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        patch, dpatch = img[:, y : y + ch, x : x + cw], defect[:, y : y + ch, x : x + cw]
         if rng.random() < 0.5:
-            patch = patch.flip(-1)
-        out.append(patch)
-    return torch.stack(out)
+            patch, dpatch = patch.flip(-1), dpatch.flip(-1)
+        images.append(patch)
+        defects.append(dpatch)
+    return torch.stack(images), torch.stack(defects)
 
 
 def train_vae(
@@ -117,9 +135,9 @@ def train_vae(
 
     for step in range(start, recipe.steps):
         rng, gen = step_rng(seed, "vae", step)
-        x = random_crops(dset, rng, recipe.batch_size, recipe.crop)
+        x, defect = random_crops(dset, rng, recipe.batch_size, recipe.crop, recipe.defect_crop)
         set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup, recipe.min_lr_frac))
-        loss, parts = vae_loss(vae, x, recipe, gen)
+        loss, parts = vae_loss(vae, x, recipe, gen, weight=1.0 + recipe.defect_weight * defect)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), recipe.grad_clip)
