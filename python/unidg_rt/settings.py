@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     output_dir: Path = Path("outputs")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     segments: list[dict[str, Any]] | None = Field(None, description="hierarchical sampling segments")
+    paste_mode: Literal["replace", "residual"] | None = Field(
+        None, description="paste-back: replace pixels, or add the change (residual); None = the model's"
+    )
 
     @field_validator("height", "width")
     @classmethod

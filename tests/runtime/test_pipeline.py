@@ -47,6 +47,45 @@ def test_same_seed_same_image_and_outside_mask_identical(pipe, sample_inputs):
     assert a.masks[mask].min() == 1.0  # every masked pixel is generated
 
 
+def test_residual_paste_adds_the_change_and_keeps_the_background(pipe, sample_inputs):
+    img, mask, ref, rmask = sample_inputs
+    rep = pipe(img, mask, ref, rmask, seed=3, output_type="np", paste_mode="replace")
+    res = pipe(img, mask, ref, rmask, seed=3, output_type="np", paste_mode="residual")
+    assert np.array_equal(rep.masks, res.masks)
+    outside = res.masks == 0
+    assert np.array_equal(np.round(res.images[0] * 255).astype(np.uint8)[outside], img[outside])
+    assert not np.array_equal(rep.images, res.images)
+    # residual diptych = input + decoded - reconstruction: decoded = replace's diptych
+    dip_in = pipe_diptych(pipe, img, mask, ref, rmask)
+    recon = pipe._reconstruct(dip_in)
+    want = np.clip(dip_in.image + rep.diptychs[0] - recon, 0, 1)
+    np.testing.assert_allclose(res.diptychs[0], want, atol=1e-6)
+
+
+def pipe_diptych(pipe, img, mask, ref, rmask):
+    from unidg_rt.diptych import prepare_diptych
+
+    d = pipe.defaults
+    return prepare_diptych(img, mask, ref, rmask, height=d["height"], width=d["width"], **pipe.crop_rule)
+
+
+def test_card_crop_rule_is_used(tiny_checkpoint, sample_inputs):
+    from unidg_rt.errors import ConfigError
+
+    img, mask, ref, rmask = sample_inputs
+    p = UniDGPipeline.from_pretrained(tiny_checkpoint)
+    wide = pipe_diptych(p, img, mask, ref, rmask).target_box
+    p.defaults["crop"] = {"context": 0.02, "min_side": 16, "max_margin": 0.2}
+    tight = pipe_diptych(p, img, mask, ref, rmask).target_box
+    assert tight.width < wide.width
+    out = p(img, mask, ref, rmask, seed=0, output_type="np")
+    alpha_rows = np.flatnonzero(out.masks.max(axis=1) > 0)
+    assert alpha_rows.min() >= tight.y0 and alpha_rows.max() < tight.y1  # pasted inside the tight crop
+    p.defaults["crop"] = {"margin": 1.0}
+    with pytest.raises(ConfigError, match="crop"):
+        p(img, mask, ref, rmask, seed=0)
+
+
 def test_torch_generator_reproducible(pipe, sample_inputs):
     img, mask, ref, rmask = sample_inputs
     a = pipe(img, mask, ref, rmask, generator=torch.Generator().manual_seed(3), output_type="np")
@@ -127,6 +166,7 @@ def test_true_cfg_skips_the_equal_pass_in_reference_mode(pipe, sample_inputs, mo
         ({"reference_mask": None}, "reference_image was given without reference_mask"),
         ({"reference_image": None, "reference_mask": None}, "no conditioning"),
         ({"output_type": "jpeg"}, "output_type"),
+        ({"paste_mode": "add"}, "paste_mode"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"guidance_scale": float("nan")}, "guidance_scale"),
         ({"num_images_per_prompt": 0}, "num_images_per_prompt"),

@@ -85,6 +85,7 @@ def generate(
         defect_category=category, height=settings.height, width=settings.width,
         num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
         num_images_per_prompt=num_images, seed=seed, segments=settings.segments,
+        paste_mode=settings.paste_mode,
     )  # fmt: skip
     steps_total = settings.num_inference_steps or pipe.defaults["num_inference_steps"]
     t0 = time.perf_counter()

@@ -142,18 +142,24 @@ def build_eval_set(
 
 
 def paste_like_pipeline(
-    normal: np.ndarray, abnormal: np.ndarray, mask: np.ndarray, height: int, width: int, feather: int = 8
+    normal: np.ndarray,
+    abnormal: np.ndarray,
+    mask: np.ndarray,
+    height: int,
+    width: int,
+    feather: int = 8,
+    crop: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """What a *perfect* generator would return: the real ``abnormal`` image seen through the
     pipeline's geometry (dilated mask, adaptive crop, resize to ``height × width``, resize back,
     feathered paste-back). Returns ``(result uint8 [H, W, 3], alpha float32 [H, W])``.
 
     Used for the "real" reference column and to train the classifier on defects at the
-    pipeline's generation resolution."""
+    pipeline's generation resolution. ``crop``: the pipeline's crop rule (``pipeline.crop_rule``)."""
     from unidg_rt.crops import crop_resize
     from unidg_rt.diptych import prepare_diptych
 
-    dip = prepare_diptych(normal, mask, height=height, width=width)
+    dip = prepare_diptych(normal, mask, height=height, width=width, **(crop or {}))
     generated = crop_resize(abnormal, dip.target_box, (height, width))  # [h, w, 3] in [0, 1]
     return dip.paste(generated, feather=feather)
 

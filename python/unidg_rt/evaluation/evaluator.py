@@ -240,6 +240,7 @@ def evaluate(
     t_start = time.perf_counter()
     gen_hw = (int(pipeline.defaults["height"]), int(pipeline.defaults["width"]))
     feather = int(pipeline.defaults.get("feather", 8))
+    crop = getattr(pipeline, "crop_rule", None)  # the real defects go through the model's geometry
     categories = list(dict.fromkeys(c.category for c in cases))
     clf = classifier or load_or_train(classifier_cache, _classifier_categories(categories), gen_size=gen_hw)
     missing = [c for c in categories if c not in clf.categories]
@@ -249,11 +250,11 @@ def evaluate(
     # references: the cases' real defects through the pipeline geometry (+ an independent set)
     real_rows, fill_rows, floor_feats = [], [], []
     for i, case in enumerate(cases):
-        res, alpha = paste_like_pipeline(case.image, case.real, case.mask, *gen_hw, feather)
+        res, alpha = paste_like_pipeline(case.image, case.real, case.mask, *gen_hw, feather, crop)
         real_rows.append({"case": i, **_score(clf, res, case, alpha >= 1.0, alpha)})
         res, alpha = flat_fill(case.image, case.mask, feather)
         fill_rows.append({"case": i, **_score(clf, res, case, alpha >= 1.0, alpha)})
-        floor_feats += _independent_real(case, num_seeds, gen_hw, feather)
+        floor_feats += _independent_real(case, num_seeds, gen_hw, feather, crop)
     ref_embed = clf.embed(np.stack([r["_feats"] for r in real_rows]))
 
     saved = {id(v.pipeline or pipeline): adapter_strengths(v.pipeline or pipeline) for v in variants}
@@ -348,14 +349,14 @@ def _classifier_categories(categories: list[str]) -> list[str]:
     return categories + [c for c in DEFAULT_CATEGORIES if c not in categories][:1]  # needs K >= 2
 
 
-def _independent_real(case: EvalCase, n: int, gen_hw, feather) -> list[np.ndarray]:
+def _independent_real(case: EvalCase, n: int, gen_hw, feather, crop=None) -> list[np.ndarray]:
     from unidg_rt.data import generate_quadruplet
 
     out = []
     for k in range(n):
         size = case.image.shape[:2]
         q = generate_quadruplet(FD_REAL_SEED + case.index * n + k, case.category, case.surface, size)
-        res, alpha = paste_like_pipeline(q.normal, q.abnormal, q.mask, *gen_hw, feather)
+        res, alpha = paste_like_pipeline(q.normal, q.abnormal, q.mask, *gen_hw, feather, crop)
         out.append(defect_features(res, q.normal, alpha >= 1.0))
     return out
 

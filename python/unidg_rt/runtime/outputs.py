@@ -11,7 +11,8 @@ class UniDGPipelineOutput:
     """``images``: list of PIL images (``output_type="pil"``), float32 ``[B, H0, W0, 3]`` in [0, 1]
     (``"np"``), a torch tensor ``[B, 3, H0, W0]`` (``"pt"``) or packed latents (``"latent"``).
     ``masks``: float32 ``[H0, W0]`` alpha actually used for paste-back (1 = generated pixel).
-    ``diptychs``: the decoded ``[H, 2W]`` diptychs (float32 [0, 1]) before paste-back.
+    ``diptychs``: the decoded ``[H, 2W]`` diptychs (float32 [0, 1]) whose right half is pasted
+    back (with ``paste_mode="residual"``: input + decoded - VAE reconstruction of the input).
     ``seeds``: the seed of every image (reproduce one with ``seed=...``); ``info``: settings."""
 
     images: Any

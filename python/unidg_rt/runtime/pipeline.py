@@ -16,7 +16,7 @@ import numpy as np
 
 from unidg_rt.diptych import Diptych, prepare_diptych
 from unidg_rt.embeddings import EmbeddingsCache
-from unidg_rt.errors import InvalidInputError
+from unidg_rt.errors import ConfigError, InvalidInputError
 from unidg_rt.groups import NUM_GROUPS, default_group_bias, text_token_groups
 from unidg_rt.runtime.backend import cat, latent_image_ids, pack_latents, unpack_latents
 from unidg_rt.runtime.outputs import UniDGPipelineOutput
@@ -25,6 +25,7 @@ from unidg_rt.sampling import SegmentSchedule, euler_step, flux_sigmas
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+PASTE_MODES = ("replace", "residual")  #: paste-back of the generated target crop (see __call__)
 #: used when neither the call nor the checkpoint says otherwise (FLUX.1-Fill-like)
 FALLBACK_DEFAULTS = {
     "height": 512,
@@ -315,8 +316,12 @@ class UniDGPipeline:
         group_bias=None,
         segments: SegmentSchedule | list | str | None = None,
         feather: int | None = None,
+        paste_mode: str | None = None,
     ):
         d = self.defaults
+        paste_mode = d.get("paste", "replace") if paste_mode is None else paste_mode
+        if paste_mode not in PASTE_MODES:
+            raise InvalidInputError(f"paste_mode={paste_mode!r} is not supported; use one of {PASTE_MODES}")
         height = d["height"] if height is None else height
         width = d["width"] if width is None else width
         if num_inference_steps is None:
@@ -329,7 +334,9 @@ class UniDGPipeline:
             defect_category, num_inference_steps, guidance_scale, num_images_per_prompt, output_type, group_bias,
         )  # fmt: skip
         # 2. crop + compose the diptych (validates sizes and masks)
-        dip = prepare_diptych(image, mask_image, reference_image, reference_mask, height=height, width=width)
+        dip = prepare_diptych(
+            image, mask_image, reference_image, reference_mask, height=height, width=width, **self.crop_rule
+        )
         # 3. conditioning
         embeds, pooled = self.encode_prompt(prompt, prompt_embeds, pooled_prompt_embeds, defect_category)
         if self.image_prompt_encoder is not None and not dip.is_text_mode:
@@ -377,12 +384,34 @@ class UniDGPipeline:
         # 7. decode and paste back
         decoded = self.backend.vae_decoder.infer({"latent": unpack_latents(x, h, w)})["images"]
         diptychs = np.clip((self.backend.to_numpy(decoded).transpose(0, 2, 3, 1) + 1) / 2, 0, 1)  # [B,H,2W,3]
+        if paste_mode == "residual":
+            # add what the model changed to the input pixels: the VAE's reconstruction error of
+            # the surface (the same in both decodes) cancels instead of blurring the paste region
+            recon = self._reconstruct(dip)  # [H, 2W, 3]
+            diptychs = np.clip(dip.image[None] + diptychs - recon[None], 0, 1)
         pasted, alphas = zip(*(dip.paste(img, feather=feather) for img in diptychs), strict=True)
         images = _format_images(list(pasted), output_type)
         result = UniDGPipelineOutput(
             images=images, masks=alphas[0], diptychs=diptychs, seeds=seeds, info=info
         )
         return result if return_dict else (images, alphas[0])
+
+    @property
+    def crop_rule(self) -> dict[str, Any]:
+        """Keyword arguments of the adaptive crop rule (:func:`unidg_rt.crops.adaptive_crop_box`)
+        from the model card's ``defaults["crop"]`` (the geometry the model was trained with)."""
+        crop = self.defaults.get("crop") or {}
+        unknown = set(crop) - {"context", "max_margin", "min_side"}
+        if unknown:
+            raise ConfigError(f"model card defaults['crop'] has unknown keys {sorted(unknown)}")
+        return {k: (int(v) if k == "min_side" else float(v)) for k, v in crop.items()}
+
+    def _reconstruct(self, dip: Diptych) -> np.ndarray:
+        """VAE round trip of the unmasked diptych, float32 ``[H, 2W, 3]`` in [0, 1]."""
+        x = dip.image.transpose(2, 0, 1)[None] * 2 - 1  # [1, 3, H, 2W] in [-1, 1]
+        lat = self.backend.vae_encoder.infer({"images": self.backend.asarray(x.astype(np.float32))})["latent"]
+        rec = self.backend.vae_decoder.infer({"latent": lat})["images"]
+        return np.clip((self.backend.to_numpy(rec)[0].transpose(1, 2, 0) + 1) / 2, 0, 1)
 
     def _fill_conditioning(self, dip: Diptych, n: int):
         """FLUX-Fill conditioning ``[B, N_img, 64 + 256]``: masked-image latents + packed mask."""

@@ -34,7 +34,7 @@ from unidg_rt.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
-_GENERATION_KEYS = ("height", "width", "num_inference_steps", "guidance_scale", "feather")
+_GENERATION_KEYS = ("height", "width", "num_inference_steps", "guidance_scale", "feather", "paste_mode")
 
 
 class SessionClosedError(UniDGError, RuntimeError):

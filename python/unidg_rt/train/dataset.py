@@ -90,12 +90,15 @@ def _quantise(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def _pair_samples(pair, category_row: int, size: int) -> list[tuple]:
-    """The four diptychs of one reference pair (see module doc)."""
+def _pair_samples(pair, category_row: int, size: int, crop: dict | None = None) -> list[tuple]:
+    """The four diptychs of one reference pair (see module doc); ``crop``: the adaptive crop
+    rule's keyword arguments (``context``, ``min_side``, ``max_margin``)."""
     out = []
     for ref, tgt in ((pair.reference, pair.target), (pair.target, pair.reference)):
         for text in (False, True):
-            kwargs = {} if text else {"reference_image": ref.abnormal, "reference_mask": ref.mask}
+            kwargs = dict(crop or {})
+            if not text:
+                kwargs.update(reference_image=ref.abnormal, reference_mask=ref.mask)
             dip = prepare_diptych(tgt.normal, tgt.mask, height=size, width=size, **kwargs)
             gt = prepare_diptych(tgt.abnormal, tgt.mask, height=size, width=size, **kwargs)
             out.append((_quantise(gt.image), _quantise(dip.image), dip.inpaint_mask > 0.5,
@@ -120,7 +123,7 @@ def build_diptych_set(recipe: DataRecipe, seed: int, num_pairs: int | None = Non
         pair = make_reference_pair(
             int(rng.integers(0, 2**62)), cats[i % len(cats)], ref_surface, tgt_surface, recipe.source_size
         )
-        rows.extend(_pair_samples(pair, i % len(cats), recipe.gen_size))
+        rows.extend(_pair_samples(pair, i % len(cats), recipe.gen_size, recipe.crop))
     gt, masked, inpaint, groups, cat, text = zip(*rows, strict=True)
     logger.info("built %d diptychs (%d pairs, %dx%d)", len(gt), n, recipe.gen_size, 2 * recipe.gen_size)
     return DiptychSet(

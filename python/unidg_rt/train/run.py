@@ -57,6 +57,8 @@ def card_defaults(recipe: Recipe, with_apo: bool) -> dict[str, Any]:
         "text_seq_len": recipe.data.text_seq_len,
         "group_bias_lambda": recipe.sft.group_bias_lambda,
         "feather": s.feather,
+        "crop": dict(recipe.data.crop),
+        "paste": s.paste,
         "trained": True,
         "description": (
             "unidg-rt embedded default: tiny UniDG (FLUX-Fill-layout MM-DiT + FLUX-family VAE) trained "
