@@ -104,13 +104,17 @@ class Segment:
 
     ``start``/``end`` are fractions of the step count in [0, 1] (``end`` exclusive);
     ``adapter_scales`` maps adapter name → strength; ``guidance_scale`` overrides the distilled
-    guidance; ``true_cfg_scale`` > 1 asks for a two-pass classifier-free-guidance step."""
+    guidance; ``true_cfg_scale`` > 1 asks for a two-pass classifier-free-guidance step against
+    zero text embeddings; ``reference_cfg_scale`` > 1 (reference mode) guides against the same
+    diptych without its reference (empty left half, zero embeddings: the model's unconditional
+    input), like an image-guidance scale."""
 
     start: float
     end: float
     adapter_scales: dict[str, float] = field(default_factory=dict)
     guidance_scale: float | None = None
     true_cfg_scale: float | None = None
+    reference_cfg_scale: float | None = None
 
     def covers(self, step: int, num_steps: int) -> bool:
         pos = step / max(num_steps, 1)

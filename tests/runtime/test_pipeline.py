@@ -156,6 +156,40 @@ def test_true_cfg_skips_the_equal_pass_in_reference_mode(pipe, sample_inputs, mo
     assert calls[0] == 3 * 2 + 3 and not np.array_equal(t.images, t0.images)  # text mode: two passes
 
 
+def test_reference_cfg_guides_the_target_half_against_the_reference_free_diptych(
+    pipe, sample_inputs, monkeypatch
+):
+    img, mask, ref, rmask = sample_inputs
+    kw = dict(seed=0, output_type="np", num_inference_steps=3)
+    plain = pipe(img, mask, ref, rmask, segments=[], **kw)
+    calls = _count_transformer_calls(pipe, monkeypatch)
+    g = pipe(img, mask, ref, rmask, segments=[{"start": 0.0, "end": 1.0, "reference_cfg_scale": 3.0}], **kw)
+    assert calls[0] == 6 and not np.array_equal(g.images, plain.images)
+    # scale 1 = no guidance (one pass, same image); text mode has no reference: no-op
+    calls[0] = 0
+    one = pipe(img, mask, ref, rmask, segments=[{"start": 0.0, "end": 1.0, "reference_cfg_scale": 1.0}], **kw)
+    assert calls[0] == 3 and np.array_equal(one.images, plain.images)
+    calls[0] = 0
+    t = pipe(img, mask, defect_category="hole", segments=[{"start": 0.0, "end": 1.0, "reference_cfg_scale": 3.0}],
+             **kw)  # fmt: skip
+    t0 = pipe(img, mask, defect_category="hole", segments=[], **kw)
+    assert calls[0] == 6 and np.array_equal(t.images, t0.images)
+    # the left half (reference) is never guided: after one step its latents equal the unguided
+    # run's (later steps differ slightly through attention to the guided target half)
+    one_step = {**kw, "output_type": "latent", "num_inference_steps": 1}
+    lg = pipe(img, mask, ref, rmask, segments=[{"start": 0.0, "end": 1.0, "reference_cfg_scale": 3.0}],
+              **one_step)  # fmt: skip
+    lp = pipe(img, mask, ref, rmask, segments=[], **one_step)
+    w_tok = pipe.defaults["width"] // 16
+    left = (np.arange(lg.images.shape[1]) % (2 * w_tok)) < w_tok
+    np.testing.assert_allclose(_np(lg.images)[:, left], _np(lp.images)[:, left], atol=1e-6)
+    assert not np.allclose(_np(lg.images)[:, ~left], _np(lp.images)[:, ~left])
+
+
+def _np(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

@@ -363,11 +363,16 @@ class UniDGPipeline:
         # true CFG compares against zero embeddings: with zero conditioning (reference mode
         # without Redux) both passes are the same call, so the second one is skipped
         cfg_possible = bool(np.any(embeds) or np.any(pooled))
+        uncond = None
+        if not dip.is_text_mode and segs is not None and any(
+            (sg.reference_cfg_scale or 0.0) > 1 for sg in segs.segments
+        ):
+            uncond = self._reference_free(dip, image, mask_image, noise, n, feed, guidance_scale, group_bias)
         # 6. denoising loop
         for i in range(len(sig) - 1):
             seg = segs.at(i, len(sig) - 1) if segs is not None else None
             self._set_adapters(seg)
-            v = self._predict(x, cond, feed, float(sig[i]), seg, n, cfg_possible)
+            v = self._predict(x, cond, feed, float(sig[i]), seg, n, cfg_possible, uncond)
             x = euler_step(x, v, float(sig[i]), float(sig[i + 1]))
             if callback_on_step_end is not None:
                 out = callback_on_step_end(self, i, float(sig[i]) * 1000, {"latents": x}) or {}
@@ -444,7 +449,23 @@ class UniDGPipeline:
             feed["group_bias"] = a(bias, "float32")
         return feed
 
-    def _predict(self, x, cond, feed, sigma, seg, n, cfg_possible=True):
+    def _reference_free(self, dip, image, mask_image, noise, n, feed, guidance_scale, group_bias):
+        """The unconditional input for ``reference_cfg_scale``: the text-mode composition of the
+        same target (gray left half, zero embeddings), its Fill conditioning and feed, and the
+        left-half token state of that composition (clean gray latents + this call's noise)."""
+        dip0 = prepare_diptych(image, mask_image, height=dip.height, width=dip.width, **self.crop_rule)
+        cond0 = self._fill_conditioning(dip0, n)  # [B, N_img, 320]; left half = gray latents
+        e0 = np.zeros_like(np.asarray(self.backend.to_numpy(feed["encoder_hidden_states"])[0]))
+        p0 = np.zeros_like(np.asarray(self.backend.to_numpy(feed["pooled_projections"])[0]))
+        feed0 = self._static_feed(dip0, e0, p0, n, guidance_scale, group_bias)
+        w_tok = dip.width // (2 * self.vae_scale_factor)  # tokens per half row (2x2 latent pixels each)
+        cols = np.arange(dip.num_image_tokens) % (2 * w_tok)
+        left = (cols < w_tok).astype(np.float32)[None, :, None]  # [1, N_img, 1]
+        gray = self.backend.to_numpy(cond0)[..., :64]  # [B, N_img, 64] packed clean latents
+        a = self.backend.asarray
+        return {"cond": cond0, "feed": feed0, "left": a(left), "gray": a(gray), "noise": a(pack_latents(noise))}
+
+    def _predict(self, x, cond, feed, sigma, seg, n, cfg_possible=True, uncond=None):
         a = self.backend.asarray
         step_feed = dict(feed)
         step_feed["hidden_states"] = cat([x, cond], axis=2)  # [B, N_img, 64 + 320]
@@ -459,6 +480,18 @@ class UniDGPipeline:
             neg["pooled_projections"] = feed["pooled_projections"] * 0
             v_neg = self.backend.transformer.infer(neg)["noise_pred"]
             v = v_neg + seg.true_cfg_scale * (v - v_neg)
+        if uncond is not None and seg is not None and (seg.reference_cfg_scale or 0.0) > 1:
+            # the same step on the reference-free diptych; its left half follows the straight
+            # path from this call's noise to the gray latents (what a text-mode call would see)
+            left = uncond["left"]
+            x0 = x * (1 - left) + left * ((1 - sigma) * uncond["gray"] + sigma * uncond["noise"])
+            neg = dict(uncond["feed"])
+            neg["hidden_states"] = cat([x0, uncond["cond"]], axis=2)
+            neg["timestep"] = step_feed["timestep"]
+            neg["guidance"] = step_feed["guidance"]
+            v_unc = self.backend.transformer.infer(neg)["noise_pred"]
+            guided = v_unc + seg.reference_cfg_scale * (v - v_unc)
+            v = v * left + guided * (1 - left)  # only the target half is guided
         return v
 
 
