@@ -66,6 +66,18 @@ def test_variants_set_adapters_per_call_and_restore_them(tiny_checkpoint, cases,
     assert pipe.backend.adapters.adapters["apo"].strength == 0.7  # restored
 
 
+def test_default_variants_share_the_card_segments_with_adapters_off_for_sft(tiny_checkpoint):
+    from unidg_rt.runtime.pipeline import UniDGPipeline
+
+    pipe = UniDGPipeline.from_pretrained(tiny_checkpoint)
+    pipe.backend.adapters.add("apo", rank=2, init="random")
+    segs = [{"start": 0.0, "end": 1.0, "adapter_scales": {"apo": 1.0}, "true_cfg_scale": 4.0}]
+    pipe.defaults["segments"] = segs
+    sft, apo = default_variants(pipe)
+    assert apo.call_kwargs["segments"] == segs
+    assert sft.call_kwargs["segments"] == [{**segs[0], "adapter_scales": {"apo": 0.0}}]
+
+
 def test_a_variant_is_a_pipeline_plus_call_kwargs(tiny_pipe, cases, tiny_classifier):
     variants = [Variant("2 steps"), Variant("guidance 1", call_kwargs={"guidance_scale": 1.0})]
     report = evaluate(

@@ -65,20 +65,22 @@ def adapter_strengths(pipeline) -> dict[str, float] | None:
 
 
 def default_variants(pipeline) -> list[Variant]:
-    """``SFT``: every adapter at strength 0, no segments (the base model after Diversity-SFT);
-    ``SFT+APO``: the checkpoint's adapters at their default strengths plus its default
-    hierarchical ``segments`` (``defaults["segments"]`` in the model card, when present)."""
+    """``SFT``: every adapter at strength 0 (the base model after Diversity-SFT); ``SFT+APO``: the
+    checkpoint's adapters at their default strengths. Both sample with the checkpoint's default
+    hierarchical ``segments`` (``defaults["segments"]``: guidance / CFG per segment), with every
+    adapter strength in them set to 0 for ``SFT``, so the columns differ only by the adapters."""
     strengths = adapter_strengths(pipeline) or {}
     spec = pipeline.defaults.get("adapters") or {}
     apo = {n: float((spec.get(n) or {}).get("strength", s)) for n, s in strengths.items()}
-    segments = pipeline.defaults.get("segments")
-    sft_note = "adapters off, no segments" if strengths else "no adapters loaded"
-    apo_note = f"adapters {apo}" if apo else "no APO adapter loaded: identical to SFT"
-    apo_note += ", default segments" if segments else ", no segments"
+    off = {n: 0.0 for n in strengths}
+    segments = pipeline.defaults.get("segments") or []
+    sft_segments = [{**seg, "adapter_scales": dict(off)} for seg in segments]
+    seg_note = ", default segments" if segments else ", no segments"
+    sft_note = ("adapters off" if strengths else "no adapters loaded") + seg_note
+    apo_note = (f"adapters {apo}" if apo else "no APO adapter loaded: identical to SFT") + seg_note
     return [
-        Variant("SFT", call_kwargs={"segments": []}, adapter_scales={n: 0.0 for n in strengths}, note=sft_note),
-        Variant("SFT+APO", call_kwargs={"segments": segments} if segments else {}, adapter_scales=apo,
-                note=apo_note),
+        Variant("SFT", call_kwargs={"segments": sft_segments}, adapter_scales=off, note=sft_note),
+        Variant("SFT+APO", call_kwargs={"segments": segments}, adapter_scales=apo, note=apo_note),
     ]  # fmt: skip
 
 
