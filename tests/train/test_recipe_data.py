@@ -45,6 +45,24 @@ def test_diptychs_match_the_pipeline_composition(tiny_diptychs):
     np.testing.assert_array_equal(d.packed_masks()[0], pack_mask(d.inpaint[0].astype(np.float32)) > 0.5)
 
 
+def test_recipe_crop_rule_reaches_the_diptychs_and_vae_overrides_the_preset():
+    from unidg_rt.data import make_reference_pair
+    from unidg_rt.diptych import prepare_diptych
+    from unidg_rt.train.dataset import _pair_samples
+    from unidg_rt.train.run import arch_configs
+
+    pair = make_reference_pair(5, "hole", size=64)
+    tight = {"context": 0.02, "min_side": 16, "max_margin": 0.2}
+    got = _pair_samples(pair, 0, 32, tight)[1]  # (gt, masked, inpaint, groups, row, text): text mode
+    want = prepare_diptych(pair.target.normal, pair.target.mask, height=32, width=32, **tight)
+    wide = prepare_diptych(pair.target.normal, pair.target.mask, height=32, width=32)
+    np.testing.assert_array_equal(got[1][:, 32:], np.clip(np.round(want.image[:, 32:] * 255), 0, 255))
+    assert want.target_box.width <= wide.target_box.width
+    r = Recipe.from_dict({"vae": {"config": {"block_out_channels": [8, 16, 16, 16], "norm_num_groups": 4}}})
+    _, vcfg = arch_configs(r)
+    assert vcfg.block_out_channels == (8, 16, 16, 16) and vcfg.latent_channels == 16
+
+
 def test_diptych_set_is_deterministic(tiny_diptychs):
     from unidg_rt.train.dataset import build_diptych_set
 

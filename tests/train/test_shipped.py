@@ -29,6 +29,12 @@ def test_shipped_files_and_card():
     assert (folder / d["adapters"]["apo"]["file"]).is_file()
     report = json.loads((folder / "train_report.json").read_text())
     assert {"vae", "sft", "apo"} <= set(report["stages"])
+    # the geometry and paste-back the model was trained / tuned with are in its card
+    assert d["crop"] == report["recipe"]["data"]["crop"] and d["paste"] == report["recipe"]["ship"]["paste"]
+    # the recipe defaults are the shipped recipe (unidg-rt train all reproduces it)
+    from unidg_rt.train.recipe import Recipe
+
+    assert report["recipe"] == json.loads(json.dumps(Recipe().to_dict()))
 
 
 @pytest.fixture(scope="module")
