@@ -7,7 +7,7 @@ The defaults of these dataclasses *are* the shipped recipe (``unidg-rt train all
 
 The full resolved recipe is written into ``train_report.json`` beside the weights. Budgets were
 chosen on a shared 2-core CPU (one torch thread each: see :func:`unidg_rt.train.common.setup_torch`)
-so that the whole run takes about 50 min wall time there (the shipped run: 51 min, sharing the
+so that the whole run takes about an hour there (the shipped run: 72 min, much of it sharing the
 cores with a second training run).
 """
 
@@ -70,7 +70,7 @@ class VAERecipe:
 class SFTRecipe:
     """Diversity-SFT: rectified flow on diptychs, mixed reference / text (category) mode."""
 
-    steps: int = 3600
+    steps: int = 6000
     batch_size: int = 16
     lr: float = 1e-3
     embed_lr: float = 2e-3  # the learned category table
