@@ -20,7 +20,7 @@ from unidg_rt.errors import ConfigError, InvalidInputError
 from unidg_rt.groups import NUM_GROUPS, default_group_bias, text_token_groups
 from unidg_rt.runtime.backend import cat, latent_image_ids, pack_latents, unpack_latents
 from unidg_rt.runtime.outputs import UniDGPipelineOutput
-from unidg_rt.sampling import SegmentSchedule, euler_step, flux_sigmas
+from unidg_rt.sampling import SegmentSchedule, euler_step, flux_sigmas, scale_noise
 
 logger = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ class UniDGPipeline:
         if not dip.is_text_mode and segs is not None and any(
             (sg.reference_cfg_scale or 0.0) > 1 for sg in segs.segments
         ):
-            uncond = self._reference_free(dip, image, mask_image, noise, n, feed, guidance_scale, group_bias)
+            uncond = self._reference_free(dip, image, mask_image, noise, n, embeds, pooled, guidance_scale, group_bias)
         # 6. denoising loop
         for i in range(len(sig) - 1):
             seg = segs.at(i, len(sig) - 1) if segs is not None else None
@@ -387,12 +387,11 @@ class UniDGPipeline:
             result = UniDGPipelineOutput(images=x, seeds=seeds, info=info)
             return result if return_dict else (result.images,)
         # 7. decode and paste back
-        decoded = self.backend.vae_decoder.infer({"latent": unpack_latents(x, h, w)})["images"]
-        diptychs = np.clip((self.backend.to_numpy(decoded).transpose(0, 2, 3, 1) + 1) / 2, 0, 1)  # [B,H,2W,3]
+        diptychs = self._decode(unpack_latents(x, h, w))  # [B, H, 2W, 3]
         if paste_mode == "residual":
             # add what the model changed to the input pixels: the VAE's reconstruction error of
             # the surface (the same in both decodes) cancels instead of blurring the paste region
-            recon = self._reconstruct(dip)  # [H, 2W, 3]
+            recon = self._decode(self._encode(dip.image))[0]  # [H, 2W, 3]: VAE round trip of the input
             diptychs = np.clip(dip.image[None] + diptychs - recon[None], 0, 1)
         pasted, alphas = zip(*(dip.paste(img, feather=feather) for img in diptychs), strict=True)
         images = _format_images(list(pasted), output_type)
@@ -411,19 +410,19 @@ class UniDGPipeline:
             raise ConfigError(f"model card defaults['crop'] has unknown keys {sorted(unknown)}")
         return {k: (int(v) if k == "min_side" else float(v)) for k, v in crop.items()}
 
-    def _reconstruct(self, dip: Diptych) -> np.ndarray:
-        """VAE round trip of the unmasked diptych, float32 ``[H, 2W, 3]`` in [0, 1]."""
-        x = dip.image.transpose(2, 0, 1)[None] * 2 - 1  # [1, 3, H, 2W] in [-1, 1]
-        lat = self.backend.vae_encoder.infer({"images": self.backend.asarray(x.astype(np.float32))})["latent"]
-        rec = self.backend.vae_decoder.infer({"latent": lat})["images"]
-        return np.clip((self.backend.to_numpy(rec)[0].transpose(1, 2, 0) + 1) / 2, 0, 1)
+    def _encode(self, image: np.ndarray):
+        """Pixels float32 ``[H, W, 3]`` in [0, 1] -> normalised latents ``[1, C, h, w]`` (backend array)."""
+        x = image.transpose(2, 0, 1)[None] * 2 - 1  # [1, 3, H, W] in [-1, 1]
+        return self.backend.vae_encoder.infer({"images": self.backend.asarray(x.astype(np.float32))})["latent"]
+
+    def _decode(self, latent) -> np.ndarray:
+        """Normalised latents ``[B, C, h, w]`` -> pixels float32 ``[B, H, W, 3]`` in [0, 1]."""
+        images = self.backend.vae_decoder.infer({"latent": latent})["images"]
+        return np.clip((self.backend.to_numpy(images).transpose(0, 2, 3, 1) + 1) / 2, 0, 1)
 
     def _fill_conditioning(self, dip: Diptych, n: int):
         """FLUX-Fill conditioning ``[B, N_img, 64 + 256]``: masked-image latents + packed mask."""
-        masked = dip.masked_image.transpose(2, 0, 1)[None] * 2 - 1  # [1, 3, H, 2W] in [-1, 1]
-        lat = self.backend.vae_encoder.infer({"images": self.backend.asarray(masked.astype(np.float32))})[
-            "latent"
-        ]
+        lat = self._encode(dip.masked_image)
         mask = self.backend.asarray(dip.packed_mask()[None])  # [1, N_img, 256]
         cond = cat([pack_latents(lat), mask], axis=2)  # [1, N_img, 320]
         return cat([cond] * n, axis=0) if n > 1 else cond
@@ -449,21 +448,18 @@ class UniDGPipeline:
             feed["group_bias"] = a(bias, "float32")
         return feed
 
-    def _reference_free(self, dip, image, mask_image, noise, n, feed, guidance_scale, group_bias):
+    def _reference_free(self, dip, image, mask_image, noise, n, embeds, pooled, guidance_scale, group_bias):
         """The unconditional input for ``reference_cfg_scale``: the text-mode composition of the
         same target (gray left half, zero embeddings), its Fill conditioning and feed, and the
         left-half token state of that composition (clean gray latents + this call's noise)."""
         dip0 = prepare_diptych(image, mask_image, height=dip.height, width=dip.width, **self.crop_rule)
         cond0 = self._fill_conditioning(dip0, n)  # [B, N_img, 320]; left half = gray latents
-        e0 = np.zeros_like(np.asarray(self.backend.to_numpy(feed["encoder_hidden_states"])[0]))
-        p0 = np.zeros_like(np.asarray(self.backend.to_numpy(feed["pooled_projections"])[0]))
-        feed0 = self._static_feed(dip0, e0, p0, n, guidance_scale, group_bias)
+        feed0 = self._static_feed(dip0, np.zeros_like(embeds), np.zeros_like(pooled), n, guidance_scale, group_bias)
         w_tok = dip.width // (2 * self.vae_scale_factor)  # tokens per half row (2x2 latent pixels each)
         cols = np.arange(dip.num_image_tokens) % (2 * w_tok)
         left = (cols < w_tok).astype(np.float32)[None, :, None]  # [1, N_img, 1]
-        gray = self.backend.to_numpy(cond0)[..., :64]  # [B, N_img, 64] packed clean latents
-        a = self.backend.asarray
-        return {"cond": cond0, "feed": feed0, "left": a(left), "gray": a(gray), "noise": a(pack_latents(noise))}
+        a = self.backend.asarray  # cond0[..., :64]: the packed clean latents (gray left half)
+        return {"cond": cond0, "feed": feed0, "left": a(left), "gray": cond0[..., :64], "noise": a(pack_latents(noise))}
 
     def _predict(self, x, cond, feed, sigma, seg, n, cfg_possible=True, uncond=None):
         a = self.backend.asarray
@@ -484,7 +480,7 @@ class UniDGPipeline:
             # the same step on the reference-free diptych; its left half follows the straight
             # path from this call's noise to the gray latents (what a text-mode call would see)
             left = uncond["left"]
-            x0 = x * (1 - left) + left * ((1 - sigma) * uncond["gray"] + sigma * uncond["noise"])
+            x0 = x * (1 - left) + left * scale_noise(uncond["gray"], uncond["noise"], sigma)
             neg = dict(uncond["feed"])
             neg["hidden_states"] = cat([x0, uncond["cond"]], axis=2)
             neg["timestep"] = step_feed["timestep"]

@@ -29,6 +29,7 @@ from unidg_rt.train.common import stage_seed
 from unidg_rt.train.recipe import DataRecipe
 
 logger = logging.getLogger(__name__)
+DEFECT_THRESHOLD = 12  #: |ground truth - normal| above this (8-bit levels) marks a defect pixel
 
 
 def training_categories() -> list[str]:
@@ -69,13 +70,17 @@ class DiptychSet:
             x[self.inpaint[idx]] = MASKED_VALUE
         return torch.from_numpy(x).permute(0, 3, 1, 2).mul(2).sub(1).contiguous()  # [B, 3, H, 2W]
 
-    def defect_fraction(self, threshold: int = 12) -> np.ndarray:
-        """Per image token, the fraction of its 16×16 pixels where the ground truth differs from
-        the normal input by more than ``threshold``/255: the defect's own footprint (float32
-        ``[N, N_img]``; 0 on the left half, where both are the same)."""
+    def defect_pixels(self, i: int, threshold: int = DEFECT_THRESHOLD) -> np.ndarray:
+        """bool ``[H, 2W]``: where diptych ``i``'s ground truth differs from the normal input by
+        more than ``threshold``/255 — the defect's own footprint (never on the left half)."""
+        diff = np.abs(self.image_gt[i].astype(np.int16) - self.image_masked[i].astype(np.int16))
+        return diff.max(-1) > threshold
+
+    def defect_fraction(self, threshold: int = DEFECT_THRESHOLD) -> np.ndarray:
+        """Per image token, the fraction of its 16×16 :meth:`defect_pixels` (float32 ``[N, N_img]``)."""
         out = []
-        for gt, normal in zip(self.image_gt, self.image_masked, strict=True):
-            diff = np.abs(gt.astype(np.int16) - normal.astype(np.int16)).max(-1) > threshold  # [H, 2W]
+        for i in range(len(self)):
+            diff = self.defect_pixels(i, threshold)  # [H, 2W]
             h, w2 = diff.shape
             patches = diff.reshape(h // 16, 16, w2 // 16, 16)  # [H, 2W] -> [h16, 16, w16, 16]
             out.append(patches.mean(axis=(1, 3)).reshape(-1))

@@ -14,6 +14,7 @@ Layout of the output folder (every stage reads what the previous one wrote)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -39,8 +40,6 @@ def arch_configs(recipe: Recipe):
     tfn, vfn = PRESETS[recipe.arch]
     vcfg = vfn()
     if recipe.vae.config:
-        import dataclasses
-
         vcfg = dataclasses.replace(vcfg, **{k: tuple(v) if isinstance(v, list) else v
                                            for k, v in recipe.vae.config.items()})
     return tfn(), vcfg

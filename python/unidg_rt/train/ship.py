@@ -29,14 +29,12 @@ def default_assets_dir() -> Path:
 def rewrite_card_defaults(path: Path, defaults: dict[str, Any]) -> None:
     """Replace the card ``defaults`` of a UniDG checkpoint in place (weights untouched): the
     ship recipe (steps, CFG, segments) does not influence training, so it can change after it."""
-    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from unidg_rt.models.config import ModelCard
-    from unidg_rt.models.loading import METADATA_KEY
+    from unidg_rt.models.loading import METADATA_KEY, read_metadata
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
+    meta = dict(read_metadata(path))
     card = ModelCard.from_json(meta[METADATA_KEY])
     meta[METADATA_KEY] = ModelCard(card.transformer, card.vae, defaults, card.format).to_json()
     tensors = load_file(str(path))

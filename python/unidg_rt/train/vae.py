@@ -35,7 +35,6 @@ from unidg_rt.train.recipe import VAERecipe
 
 logger = logging.getLogger(__name__)
 _META = "unidg_vae"
-DEFECT_THRESHOLD = 12  #: |ground truth - normal| above this (8-bit levels) marks a defect pixel
 
 
 def _image_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,8 +59,8 @@ def vae_loss(vae: AutoencoderKLFlux, x: torch.Tensor, recipe: VAERecipe, generat
     l2 = ((rec - x).pow(2) * w).mean()
     gx, gy = _image_grad(rec)
     tx, ty = _image_grad(x)
-    wx, wy = _image_grad(w)  # weights of the difference pixels: mean of both neighbours
-    wx, wy = w[..., :, 1:] - 0.5 * wx, w[..., 1:, :] - 0.5 * wy
+    # weight of a finite difference: the mean of its two pixels' weights
+    wx, wy = 0.5 * (w[..., :, 1:] + w[..., :, :-1]), 0.5 * (w[..., 1:, :] + w[..., :-1, :])
     grad = 0.5 * (((gx - tx).abs() * wx).mean() + ((gy - ty).abs() * wy).mean())
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
     # low-frequency colour: L1 between 8×8-average-pooled images (a tiny VAE otherwise washes
@@ -85,8 +84,7 @@ def random_crops(
     images, defects = [], []
     for i, masked in zip(idx, which, strict=True):
         img = dset.float_images([i], "masked" if masked else "gt")[0]  # [3, H, 2W]
-        diff = np.abs(dset.image_gt[i].astype(np.int16) - dset.image_masked[i].astype(np.int16))
-        defect = torch.from_numpy((diff.max(-1) > DEFECT_THRESHOLD) & ~masked).float()[None]  # [1, H, 2W]
+        defect = torch.from_numpy(dset.defect_pixels(i) & ~masked).float()[None]  # [1, H, 2W]
         h, w = img.shape[1:]
         ch, cw = (h, w) if crop <= 0 else (crop, crop)
         ys, xs = np.nonzero(defect[0].numpy())
