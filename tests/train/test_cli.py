@@ -28,6 +28,8 @@ def test_train_cli_tiny(tmp_path):
 
     pipe = UniDGPipeline.from_pretrained(out / "model.safetensors")
     assert "apo" in pipe.backend.adapters.adapters and pipe.defaults["segments"]
+    folder = UniDGPipeline.from_pretrained(out)  # the run folder itself loads the same model
+    assert "apo" in folder.backend.adapters.adapters and folder.defaults == pipe.defaults
 
 
 def test_train_cli_rejects_unknown_stage():

@@ -91,7 +91,7 @@ def _apo_setup(lat):
 def test_apo_step_decreases_loss_and_starts_at_log2(tiny_latents):
     model, table, mgr, ad = _apo_setup(tiny_latents)
     recipe = APORecipe(batch_size=4, beta=50.0)
-    batch = apo_step_batch(tiny_latents, table, recipe, SFTRecipe(), seed=0, step=0)
+    batch, _ = apo_step_batch(tiny_latents, table, recipe, SFTRecipe(), seed=0, step=0)
 
     def loss():
         e_theta, e_ref = apo_errors(model, mgr, batch)

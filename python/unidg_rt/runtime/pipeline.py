@@ -81,14 +81,17 @@ class UniDGPipeline:
         text_seq_len: int | None = None,
         image_prompt_encoder=None,
     ) -> UniDGPipeline:
-        """Load a UniDG checkpoint (``None`` = the embedded default model) or a diffusers folder
-        into the torch backend. ``embeddings``: a category cache (defaults to the one beside the
+        """Load a UniDG checkpoint (``None`` = the embedded default model; a file, or a folder
+        holding ``model.safetensors`` as ``unidg-rt train`` writes) or a diffusers folder into the
+        torch backend. ``embeddings``: a category cache (defaults to the one beside the
         checkpoint, ``embeddings.safetensors``)."""
         from unidg_rt.models.loading import load_transformer, load_vae, read_card
         from unidg_rt.runtime.assets import default_model_path
         from unidg_rt.runtime.torch_backend import TorchBackend
 
         path = Path(path) if path is not None else default_model_path()
+        if path.is_dir() and (path / "model.safetensors").is_file() and read_card(path / "model.safetensors"):
+            path = path / "model.safetensors"  # a unidg-rt model folder (``train --out``, the assets)
         card = read_card(path) if path.is_file() else None
         transformer = load_transformer(path)
         vae = load_vae(path)

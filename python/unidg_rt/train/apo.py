@@ -23,6 +23,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +32,7 @@ from unidg_rt.models.adapters import AdapterManager
 from unidg_rt.models.mmdit import FluxTransformer
 from unidg_rt.train.common import Checkpointer, LossLog, cosine_lr, load_checkpoint_state, set_lr, step_rng
 from unidg_rt.train.dataset import LatentSet
+from unidg_rt.train.negatives import negative_pool, sample_losers
 from unidg_rt.train.recipe import APORecipe
 from unidg_rt.train.sft import CategoryTable, FlowBatch, draw_indices, flow_batch, predict, weighted_mse
 
@@ -43,9 +45,21 @@ def beta_schedule(t: torch.Tensor, beta: float, floor: float = 0.25, power: floa
     return beta * (floor + (1.0 - floor) * (1.0 - t).clamp(0, 1) ** power)
 
 
-def apo_loss(err_theta: torch.Tensor, err_ref: torch.Tensor, beta_t: torch.Tensor | float) -> torch.Tensor:
-    """``mean(-log σ(-β_t (err_θ - err_ref)))`` over the batch; all arguments per sample ``[B]``."""
-    return -F.logsigmoid(-beta_t * (err_theta - err_ref)).mean()
+def apo_loss(
+    err_theta: torch.Tensor,
+    err_ref: torch.Tensor,
+    beta_t: torch.Tensor | float,
+    err_theta_l: torch.Tensor | None = None,
+    err_ref_l: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``mean(-log σ(-β_t (err_θ - err_ref)))`` over the batch; all arguments per sample ``[B]``.
+
+    With loser errors it is the pairwise (Diffusion-DPO) form
+    ``-log σ(-β_t ((err_θ - err_ref) - (err_θ,l - err_ref,l)))``."""
+    margin = err_theta - err_ref
+    if err_theta_l is not None:
+        margin = margin - (err_theta_l - err_ref_l)
+    return -F.logsigmoid(-beta_t * margin).mean()
 
 
 def apo_errors(model: FluxTransformer, mgr: AdapterManager, batch: FlowBatch, name: str = ADAPTER):
@@ -58,16 +72,27 @@ def apo_errors(model: FluxTransformer, mgr: AdapterManager, batch: FlowBatch, na
     return err_theta, err_ref
 
 
-def apo_step_batch(lat: LatentSet, table: CategoryTable, recipe: APORecipe, sft, seed: int, step: int):
-    """A mixed batch like SFT's (same guidance, λ, weighting), from APO's own random stream."""
+def apo_step_batch(lat: LatentSet, table: CategoryTable, recipe: APORecipe, sft, seed: int, step: int,
+                   pool: np.ndarray | None = None):  # fmt: skip
+    """A mixed batch like SFT's (same guidance, λ, weighting), from APO's own random stream.
+
+    With a loser ``pool`` the samples are drawn from it (in their own mode); returns
+    ``(batch, positions in pool or None)``."""
     rng, gen = step_rng(seed + recipe.data_seed_offset, "apo", step)
-    idx, use = draw_indices(lat, rng, recipe.batch_size, recipe.text_fraction, 0.0)
-    return flow_batch(
+    pos = None
+    if pool is None:
+        idx, use = draw_indices(lat, rng, recipe.batch_size, recipe.text_fraction, 0.0)
+    else:
+        pos = rng.integers(0, len(pool), recipe.batch_size)
+        idx = pool[pos]
+        use = lat.text_mode[torch.as_tensor(idx)]
+    batch = flow_batch(
         lat, idx, use, table, gen, guidance=sft.guidance, group_bias_lambda=sft.group_bias_lambda,
         context_weight=sft.context_weight, defect_weight=sft.defect_weight,
         logit_mean=sft.logit_mean, logit_std=sft.logit_std,
         time_shift=sft.time_shift,
     )  # fmt: skip
+    return batch, pos
 
 
 def train_apo(
@@ -83,6 +108,13 @@ def train_apo(
     """Adds a gated LoRA ``"apo"`` to the frozen ``model`` and trains it; returns the manager."""
     model.eval().requires_grad_(False)
     table.requires_grad_(False)
+    if recipe.negatives not in ("none", "self"):
+        raise ValueError(f"APORecipe.negatives={recipe.negatives!r}: use 'none' or 'self'")
+    pool = losers = None
+    if recipe.negatives == "self":  # sampled before the adapter exists: the frozen SFT model's
+        pool = negative_pool(lat, recipe.num_negatives, seed + recipe.data_seed_offset)
+        losers = sample_losers(model, table, lat, pool, sft_recipe, seed + recipe.data_seed_offset,
+                               recipe.negative_steps, recipe.negative_cfg)  # fmt: skip
     torch.manual_seed(seed + recipe.data_seed_offset)
     mgr = AdapterManager(model)
     ad = mgr.add(ADAPTER, rank=recipe.rank, alpha=recipe.alpha, gated=True)
@@ -109,11 +141,17 @@ def train_apo(
                 "wall_s": prev_wall + time.perf_counter() - t0, "losses": list(log.values)}  # fmt: skip
 
     for step in range(start, recipe.steps):
-        batch = apo_step_batch(lat, table, recipe, sft_recipe, seed, step)
+        batch, pos = apo_step_batch(lat, table, recipe, sft_recipe, seed, step, pool)
         set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup, recipe.min_lr_frac))
         err_theta, err_ref = apo_errors(model, mgr, batch)
         beta_t = beta_schedule(batch.sigma, recipe.beta, recipe.beta_floor, recipe.beta_power)
-        loss = apo_loss(err_theta, err_ref, beta_t)
+        if losers is None:
+            loss = apo_loss(err_theta, err_ref, beta_t)
+        else:
+            err_theta_l, err_ref_l = apo_errors(model, mgr, batch.with_x0(losers[torch.as_tensor(pos)]))
+            loss = apo_loss(err_theta, err_ref, beta_t, err_theta_l, err_ref_l)
+            if recipe.anchor:  # Diffusion-DPO alone raises both errors; this holds the winners' fit
+                loss = loss + recipe.anchor * (beta_t * (err_theta - err_ref)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(trainable.parameters()), recipe.grad_clip)

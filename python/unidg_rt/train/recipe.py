@@ -107,6 +107,13 @@ class APORecipe:
     beta_power: float = 1.0
     text_fraction: float = 0.4
     data_seed_offset: int = 7919  # APO draws its own batches (and noise) from seed + offset
+    # Losers: "none" = positives only (the seed-2 loss as written); "self" = pairs against the SFT
+    # model's own samples in the target region (unidg_rt.train.negatives), drawn for a fixed pool.
+    negatives: str = "none"
+    num_negatives: int = 640
+    negative_steps: int = 8
+    negative_cfg: float = 4.0
+    anchor: float = 0.0  # with losers: + anchor · mean(β_t (err_θ - err_ref)) on the winners (keeps the fit)
 
 
 @dataclass

@@ -213,7 +213,7 @@ def apo_eval(model, mgr, lat, table, recipe: Recipe, n_batches: int = 6) -> dict
 
     on, off = [], []
     for i in range(n_batches):
-        batch = apo_step_batch(lat, table, recipe.apo, recipe.sft, recipe.seed + 99_991, i)
+        batch, _ = apo_step_batch(lat, table, recipe.apo, recipe.sft, recipe.seed + 99_991, i)
         err_theta, err_ref = apo_errors(model, mgr, batch, ADAPTER)
         on.append(float(err_theta.mean()))
         off.append(float(err_ref.mean()))

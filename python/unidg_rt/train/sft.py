@@ -76,6 +76,14 @@ class FlowBatch:
     sigma: torch.Tensor  # [B]
     target: torch.Tensor  # [B, N_img, 64]: noise - x0
     weights: torch.Tensor  # [B, N_img]
+    noise: torch.Tensor | None = None  # [B, N_img, 64]: the draw behind ``target`` (for loser batches)
+
+    def with_x0(self, x0: torch.Tensor) -> FlowBatch:
+        """The same noise, sigma and conditioning around another clean latent ``x0 [B, N_img, 64]``."""
+        z = scale_noise(x0, self.noise, self.sigma[:, None, None])
+        hidden = self.feed["hidden_states"]  # [B, N_img, 64 + 320]
+        feed = {**self.feed, "hidden_states": torch.cat([z, hidden[..., z.shape[-1] :]], dim=2)}
+        return FlowBatch(feed=feed, sigma=self.sigma, target=self.noise - x0, weights=self.weights, noise=self.noise)
 
 
 def sample_sigmas(
@@ -134,7 +142,7 @@ def flow_batch(
     weights = torch.where(groups == int(TokenGroup.TARGET_REGION), 1.0, float(context_weight))
     if defect_weight and lat.defect is not None:  # tokens holding defect pixels: the rare, hard part
         weights = weights + float(defect_weight) * (lat.defect[idx_t] > 0).float()
-    return FlowBatch(feed=feed, sigma=sigma, target=noise - x0, weights=weights)
+    return FlowBatch(feed=feed, sigma=sigma, target=noise - x0, weights=weights, noise=noise)
 
 
 def predict(model: FluxTransformer, batch: FlowBatch) -> torch.Tensor:
