@@ -23,6 +23,10 @@ class BackendUnavailableError(UniDGError, ImportError):
     """An optional backend (onnxruntime, TensorRT, Triton, CUDA) is not installed / usable."""
 
 
+class ExportError(UniDGError, RuntimeError):
+    """An export failed or produced a graph that does not match its spec / attention form."""
+
+
 class EngineMismatchError(UniDGError):
     """An engine plan does not match this GPU / builder / ONNX; it must be rebuilt."""
 

@@ -104,6 +104,8 @@ def test_io_binding_and_runner_contract(onnx_dir):
 def test_backend_errors(onnx_dir, tmp_path, monkeypatch):
     from unidg_rt.runtime import ort_backend
 
+    with pytest.raises(ConfigError, match="precision='int8': no component"):
+        ort_backend.OrtBackend(onnx_dir, precision="int8")  # nothing exported in INT8 here
     with pytest.raises(WeightsError, match="unidg_onnx.json"):
         ort_backend.OrtBackend(tmp_path)
     with pytest.raises(ConfigError, match="plugin form needs TensorRT"):
@@ -127,3 +129,21 @@ def test_default_providers_feature_detection():
     assert ("CUDAExecutionProvider" in providers) == (
         "CUDAExecutionProvider" in ort.get_available_providers()
     )
+
+
+def test_precision_pick_is_explicit_for_the_transformer_and_most_precise_for_the_rest():
+    from unidg_rt.runtime.ort_backend import _pick
+
+    def art(component, precision, form=None):
+        return {"component": component, "precision": precision, "attention_form": form, "file": "x"}
+
+    manifest = {"precision": "int8", "attention_form": "decomposed", "artifacts": [
+        art("transformer", "fp32", "decomposed"), art("transformer", "int8", "decomposed"),
+        art("vae_decoder", "fp16"), art("vae_decoder", "fp32"),
+    ]}  # fmt: skip
+    assert _pick(manifest, "transformer", None, None)["precision"] == "int8"
+    assert _pick(manifest, "transformer", None, "fp32")["precision"] == "fp32"
+    assert _pick(manifest, "transformer", None, "fp8")["precision"] == "fp32"  # most precise
+    # the VAE has no int8 export: the most precise one, whatever the listing order
+    assert _pick(manifest, "vae_decoder", None, None)["precision"] == "fp32"
+    assert _pick(manifest, "vae_decoder", None, "fp16")["precision"] == "fp16"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unidg_rt.errors import InvalidInputError, UnknownCategoryError
+from unidg_rt.errors import ConfigError, InvalidInputError, UnknownCategoryError
 from unidg_rt.runtime.session import GenerationError, GenerationResult, SessionClosedError, UniDGSession
 from unidg_rt.settings import load_settings
 
@@ -158,3 +158,12 @@ def test_warmup_and_bounded_memory_over_500_calls(session, inputs):
     growth = _rss_mb() - before
     print(f"RSS growth over 500 generations: {growth:.2f} MB in {time.perf_counter() - t0:.1f} s")
     assert growth < RSS_BOUND_MB
+
+
+def test_precision_setting_needs_the_onnxruntime_backend():
+    from unidg_rt.runtime.session import build_pipeline
+
+    settings = load_settings(None, precision="int8")
+    assert settings.precision == "int8" and settings.backend == "torch"
+    with pytest.raises(ConfigError, match="precision='int8'.*backend='onnxruntime'"):
+        build_pipeline(settings)

@@ -14,11 +14,6 @@ Importing this package pulls neither torch nor onnx.
 
 from __future__ import annotations
 
-from unidg_rt.errors import UniDGError
-
-
-class ExportError(UniDGError, RuntimeError):
-    """An export failed or produced a graph that does not match its spec / attention form."""
-
+from unidg_rt.errors import ExportError  # defined with the other typed errors; re-exported here
 
 __all__ = ["ExportError"]

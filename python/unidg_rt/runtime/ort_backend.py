@@ -69,6 +69,9 @@ def read_manifest(onnx_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+_FALLBACK_ORDER = ("fp32", "bf16", "fp16", "fp8", "int8")
+
+
 def _pick(manifest, component: str, form: str | None, precision: str | None) -> dict[str, Any]:
     arts = [a for a in manifest.get("artifacts", []) if a["component"] == component]
     if not arts:
@@ -86,7 +89,14 @@ def _pick(manifest, component: str, form: str | None, precision: str | None) -> 
         if not arts:
             raise ConfigError(f"no transformer export with attention_form={form!r}; exported: {exported}")
     exact = [a for a in arts if a["precision"] == precision]
-    return (exact or arts)[0]
+    if exact:
+        return exact[0]
+    have = sorted({a["precision"] for a in arts})
+    # a component kept in another precision (an fp32 transformer beside an INT8 VAE, a quantized
+    # transformer's fp32 VAE): its most precise export, whatever order the manifest lists them in
+    best = min(arts, key=lambda a: _FALLBACK_ORDER.index(a["precision"]) if a["precision"] in _FALLBACK_ORDER else 99)
+    logger.info("%s: no %s export, using %s (exported: %s)", component, precision, best["precision"], have)
+    return best
 
 
 class OrtRunner:
@@ -198,6 +208,12 @@ class OrtBackend:
             c: _pick(self.manifest, c, attention_form, precision)
             for c in ("transformer", "vae_encoder", "vae_decoder")
         }
+        if precision is not None and all(a["precision"] != precision for a in self.artifacts.values()):
+            have = sorted({a["precision"] for a in self.manifest.get("artifacts", [])})
+            raise ConfigError(
+                f"precision={precision!r}: no component of {self.onnx_dir} was exported in it (exported: {have}); "
+                "pass one of those, or `unidg-rt quantize` / `unidg-rt export --precision` first"
+            )
         sessions = {}
         for component, art in self.artifacts.items():
             path = self.onnx_dir / art["onnx_file"]

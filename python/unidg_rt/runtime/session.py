@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from unidg_rt.errors import BackendUnavailableError, UniDGError
+from unidg_rt.errors import BackendUnavailableError, ConfigError, UniDGError
 from unidg_rt.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,11 @@ def build_pipeline(settings: Settings):
     """A :class:`~unidg_rt.runtime.pipeline.UniDGPipeline` for the configured backend."""
     from unidg_rt.runtime.pipeline import UniDGPipeline
 
+    if settings.precision is not None and settings.backend != "onnxruntime":
+        raise ConfigError(
+            f"precision={settings.precision!r} picks an ONNX export and needs backend='onnxruntime' "
+            f"(backend={settings.backend!r}: use dtype for torch; engines carry the precision they were built with)"
+        )
     if settings.backend == "torch":
         return UniDGPipeline.from_pretrained(
             settings.weights, device=settings.device, dtype=settings.dtype,
@@ -78,7 +83,8 @@ def build_pipeline(settings: Settings):
             f"backend={settings.backend!r} is not available in this build (no UniDGPipeline.{loader_name}): "
             "use backend='torch'"
         )
-    return loader(folder, embeddings=settings.embeddings)
+    kwargs = {"precision": settings.precision} if settings.precision is not None else {}
+    return loader(folder, embeddings=settings.embeddings, **kwargs)
 
 
 class UniDGSession:
