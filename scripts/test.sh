@@ -7,6 +7,7 @@ source "$ROOT/scripts/_venv.sh" "torch,export,kernels,text,ray,trt-rtx,quant" 1
 cd "$ROOT"
 export TRITON_INTERPRET=1 PYTHONHASHSEED=0
 "$VENV/bin/ruff" check python tests
+"$VENV/bin/ruff" format --check -q python tests || { echo "run: ruff format python tests" >&2; exit 1; }
 set +e
 "$VENV/bin/python" -m pytest -q "$@"
 rc=$?

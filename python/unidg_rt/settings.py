@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     onnx_dir: Path | None = Field(None, description="exported ONNX folder (backend=onnxruntime)")
     engines_dir: Path | None = Field(None, description="built engine folder (backend=tensorrt)")
     precision: Literal["fp32", "bf16", "fp16", "fp8", "int8"] | None = Field(
-        None, description="exported transformer precision to run (backend=onnxruntime); None = the folder's default"
+        None,
+        description="exported transformer precision to run (backend=onnxruntime); None = the folder's default",
     )
     device: str = "cpu"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -151,8 +151,12 @@ def test_true_cfg_skips_the_equal_pass_in_reference_mode(pipe, sample_inputs, mo
     # zero (reference-mode) embeddings: the negative pass would be the same call -> skipped, same image
     assert calls[0] == 3 and np.array_equal(a.images, plain.images)
     calls[0] = 0
-    t = pipe(img, mask, defect_category="scratch", seed=0, segments=cfg, output_type="np", num_inference_steps=3)
-    t0 = pipe(img, mask, defect_category="scratch", seed=0, segments=[], output_type="np", num_inference_steps=3)
+    t = pipe(
+        img, mask, defect_category="scratch", seed=0, segments=cfg, output_type="np", num_inference_steps=3
+    )
+    t0 = pipe(
+        img, mask, defect_category="scratch", seed=0, segments=[], output_type="np", num_inference_steps=3
+    )
     assert calls[0] == 3 * 2 + 3 and not np.array_equal(t.images, t0.images)  # text mode: two passes
 
 

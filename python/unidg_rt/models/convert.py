@@ -78,7 +78,9 @@ def bfl_to_diffusers(sd: dict[str, torch.Tensor], config: FluxConfig) -> dict[st
             ("txt", ("add_q_proj", "add_k_proj", "add_v_proj")),
         ):
             for p in ("weight", "bias"):
-                for name, part in zip(names, sd.pop(f"{src}{stream}_attn.qkv.{p}").chunk(3, dim=0), strict=True):
+                for name, part in zip(
+                    names, sd.pop(f"{src}{stream}_attn.qkv.{p}").chunk(3, dim=0), strict=True
+                ):
                     out[f"{dst}attn.{name}.{p}"] = part
     for i in range(config.num_single_layers):
         src, dst = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."

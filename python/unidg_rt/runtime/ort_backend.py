@@ -94,7 +94,9 @@ def _pick(manifest, component: str, form: str | None, precision: str | None) -> 
     have = sorted({a["precision"] for a in arts})
     # a component kept in another precision (an fp32 transformer beside an INT8 VAE, a quantized
     # transformer's fp32 VAE): its most precise export, whatever order the manifest lists them in
-    best = min(arts, key=lambda a: _FALLBACK_ORDER.index(a["precision"]) if a["precision"] in _FALLBACK_ORDER else 99)
+    best = min(
+        arts, key=lambda a: _FALLBACK_ORDER.index(a["precision"]) if a["precision"] in _FALLBACK_ORDER else 99
+    )
     logger.info("%s: no %s export, using %s (exported: %s)", component, precision, best["precision"], have)
     return best
 

@@ -367,10 +367,14 @@ class UniDGPipeline:
         # without Redux) both passes are the same call, so the second one is skipped
         cfg_possible = bool(np.any(embeds) or np.any(pooled))
         uncond = None
-        if not dip.is_text_mode and segs is not None and any(
-            (sg.reference_cfg_scale or 0.0) > 1 for sg in segs.segments
+        if (
+            not dip.is_text_mode
+            and segs is not None
+            and any((sg.reference_cfg_scale or 0.0) > 1 for sg in segs.segments)
         ):
-            uncond = self._reference_free(dip, image, mask_image, noise, n, embeds, pooled, guidance_scale, group_bias)
+            uncond = self._reference_free(
+                dip, image, mask_image, noise, n, embeds, pooled, guidance_scale, group_bias
+            )
         # 6. denoising loop
         for i in range(len(sig) - 1):
             seg = segs.at(i, len(sig) - 1) if segs is not None else None
@@ -416,7 +420,9 @@ class UniDGPipeline:
     def _encode(self, image: np.ndarray):
         """Pixels float32 ``[H, W, 3]`` in [0, 1] -> normalised latents ``[1, C, h, w]`` (backend array)."""
         x = image.transpose(2, 0, 1)[None] * 2 - 1  # [1, 3, H, W] in [-1, 1]
-        return self.backend.vae_encoder.infer({"images": self.backend.asarray(x.astype(np.float32))})["latent"]
+        return self.backend.vae_encoder.infer({"images": self.backend.asarray(x.astype(np.float32))})[
+            "latent"
+        ]
 
     def _decode(self, latent) -> np.ndarray:
         """Normalised latents ``[B, C, h, w]`` -> pixels float32 ``[B, H, W, 3]`` in [0, 1]."""
@@ -457,12 +463,20 @@ class UniDGPipeline:
         left-half token state of that composition (clean gray latents + this call's noise)."""
         dip0 = prepare_diptych(image, mask_image, height=dip.height, width=dip.width, **self.crop_rule)
         cond0 = self._fill_conditioning(dip0, n)  # [B, N_img, 320]; left half = gray latents
-        feed0 = self._static_feed(dip0, np.zeros_like(embeds), np.zeros_like(pooled), n, guidance_scale, group_bias)
+        feed0 = self._static_feed(
+            dip0, np.zeros_like(embeds), np.zeros_like(pooled), n, guidance_scale, group_bias
+        )
         w_tok = dip.width // (2 * self.vae_scale_factor)  # tokens per half row (2x2 latent pixels each)
         cols = np.arange(dip.num_image_tokens) % (2 * w_tok)
         left = (cols < w_tok).astype(np.float32)[None, :, None]  # [1, N_img, 1]
         a = self.backend.asarray  # cond0[..., :64]: the packed clean latents (gray left half)
-        return {"cond": cond0, "feed": feed0, "left": a(left), "gray": cond0[..., :64], "noise": a(pack_latents(noise))}
+        return {
+            "cond": cond0,
+            "feed": feed0,
+            "left": a(left),
+            "gray": cond0[..., :64],
+            "noise": a(pack_latents(noise)),
+        }
 
     def _predict(self, x, cond, feed, sigma, seg, n, cfg_possible=True, uncond=None):
         a = self.backend.asarray

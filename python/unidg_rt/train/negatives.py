@@ -77,4 +77,3 @@ def sample_losers(
         out.append(torch.where(region, z, x0))
     logger.info("APO losers: %d SFT samples (%d steps) in %.1f s", len(idx), steps, time.perf_counter() - t0)
     return torch.cat(out)
-

@@ -40,8 +40,9 @@ def arch_configs(recipe: Recipe):
     tfn, vfn = PRESETS[recipe.arch]
     vcfg = vfn()
     if recipe.vae.config:
-        vcfg = dataclasses.replace(vcfg, **{k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in recipe.vae.config.items()})
+        vcfg = dataclasses.replace(
+            vcfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.vae.config.items()}
+        )
     return tfn(), vcfg
 
 

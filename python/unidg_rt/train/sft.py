@@ -83,7 +83,9 @@ class FlowBatch:
         z = scale_noise(x0, self.noise, self.sigma[:, None, None])
         hidden = self.feed["hidden_states"]  # [B, N_img, 64 + 320]
         feed = {**self.feed, "hidden_states": torch.cat([z, hidden[..., z.shape[-1] :]], dim=2)}
-        return FlowBatch(feed=feed, sigma=self.sigma, target=self.noise - x0, weights=self.weights, noise=self.noise)
+        return FlowBatch(
+            feed=feed, sigma=self.sigma, target=self.noise - x0, weights=self.weights, noise=self.noise
+        )
 
 
 def sample_sigmas(
