@@ -70,7 +70,7 @@ class VAERecipe:
 class SFTRecipe:
     """Diversity-SFT: rectified flow on diptychs, mixed reference / text (category) mode."""
 
-    steps: int = 6000
+    steps: int = 10000
     batch_size: int = 16
     lr: float = 1e-3
     embed_lr: float = 2e-3  # the learned category table
@@ -109,11 +109,11 @@ class APORecipe:
     data_seed_offset: int = 7919  # APO draws its own batches (and noise) from seed + offset
     # Losers: "none" = positives only (the seed-2 loss as written); "self" = pairs against the SFT
     # model's own samples in the target region (unidg_rt.train.negatives), drawn for a fixed pool.
-    negatives: str = "none"
+    negatives: str = "self"
     num_negatives: int = 640
     negative_steps: int = 8
     negative_cfg: float = 4.0
-    anchor: float = 0.0  # with losers: + anchor · mean(β_t (err_θ - err_ref)) on the winners (keeps the fit)
+    anchor: float = 1.0  # with losers: + anchor · mean(β_t (err_θ - err_ref)) on the winners (keeps the fit)
 
 
 @dataclass
