@@ -23,6 +23,7 @@ def test_train_cli_tiny(tmp_path):
     assert report["stages"]["sft"]["steps"] == 1
     for f in ("model.safetensors", "embeddings.safetensors", "apo.safetensors"):
         assert (out / f).is_file()
+        assert report["files_bytes"][f] == (out / f).stat().st_size  # sizes as of the last stage
     # the run folder is a loadable UniDG checkpoint with the APO adapter and default segments
     from unidg_rt.runtime.pipeline import UniDGPipeline
 

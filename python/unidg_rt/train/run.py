@@ -94,6 +94,7 @@ class Run:
             self.report, stage, entry, seed=self.recipe.seed, recipe=self.recipe.to_dict(),
             environment=environment(), note="CPU training, shared 2-core machine, 1 torch thread",
         )  # fmt: skip
+        self.record_files()  # after every stage, so stage-by-stage runs report current sizes
 
     # ------------------------------------------------------------------ data
     def diptychs(self) -> DiptychSet:
@@ -196,7 +197,6 @@ class Run:
         self.vae()
         self.sft()
         self.apo()
-        self.record_files()
         return json.loads(self.report.read_text())
 
     def record_files(self) -> None:
