@@ -47,7 +47,13 @@ def test_evaluate_reports_every_metric_and_exact_background(tiny_pipe, cases, ti
     assert report.wall_s > 0
     assert len(report.per_image["SFT"]) == 4
     json.dumps(report.to_dict())  # serialisable
-    assert "| category consistency" in report_markdown(report)
+    md = report_markdown(report)
+    assert "| category consistency" in md
+    by_mode = report.variants["SFT"]["consistency_by_mode"]
+    assert set(by_mode) == {c.mode for c in cases}
+    for mode in s["modes"]:  # one row per mode asked for; "–" where the set has no such case
+        cell = f"{by_mode[mode]:.0%}" if mode in by_mode else "–"
+        assert f"| — {mode} mode | {cell} |" in md
 
 
 def test_variants_set_adapters_per_call_and_restore_them(tiny_checkpoint, cases, tiny_classifier):

@@ -415,12 +415,16 @@ def report_markdown(report: EvalReport) -> str:
         ("Fréchet distance to real defects (lower is better)", "fd", "{:.2f}"),
         ("seconds per image", "s_per_image", "{:.2f}"),
     ]
+    at = [i for i, r in enumerate(rows) if r[1] == "consistency"][0] + 1
+    rows[at:at] = [
+        (f"— {mode} mode", ("consistency_by_mode", mode), "{:.0%}") for mode in report.settings["modes"]
+    ]
     head = "| metric | " + " | ".join(cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 1)]
     for label, key, fmt in rows:
         cells = []
         for m in cols.values():
-            v = m.get(key)
+            v = m.get(key) if isinstance(key, str) else (m.get(key[0]) or {}).get(key[1])
             cells.append(
                 "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
             )
