@@ -411,13 +411,10 @@ def report_markdown(report: EvalReport) -> str:
         (f"defect presence: rate > {report.settings['presence_threshold']}", "presence_rate", "{:.0%}"),
         ("background max error outside paste alpha (levels)", "background_max_error", "{:.0f}"),
         ("category consistency (classifier top-1)", "consistency", "{:.0%}"),
+        *[(f"— {mode} mode", ("consistency_by_mode", mode), "{:.0%}") for mode in report.settings["modes"]],
         ("diversity across seeds (mean pairwise abs diff in mask)", "diversity", "{:.3f}"),
         ("Fréchet distance to real defects (lower is better)", "fd", "{:.2f}"),
         ("seconds per image", "s_per_image", "{:.2f}"),
-    ]
-    at = [i for i, r in enumerate(rows) if r[1] == "consistency"][0] + 1
-    rows[at:at] = [
-        (f"— {mode} mode", ("consistency_by_mode", mode), "{:.0%}") for mode in report.settings["modes"]
     ]
     head = "| metric | " + " | ".join(cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 1)]

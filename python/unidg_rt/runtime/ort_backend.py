@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from unidg_rt.engines.manifest import PRECISIONS  # most precise first
 from unidg_rt.errors import BackendUnavailableError, ConfigError, InvalidInputError, WeightsError
 
 logger = logging.getLogger(__name__)
@@ -69,9 +70,6 @@ def read_manifest(onnx_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-_FALLBACK_ORDER = ("fp32", "bf16", "fp16", "fp8", "int8")
-
-
 def _pick(manifest, component: str, form: str | None, precision: str | None) -> dict[str, Any]:
     arts = [a for a in manifest.get("artifacts", []) if a["component"] == component]
     if not arts:
@@ -94,9 +92,7 @@ def _pick(manifest, component: str, form: str | None, precision: str | None) -> 
     have = sorted({a["precision"] for a in arts})
     # a component kept in another precision (an fp32 transformer beside an INT8 VAE, a quantized
     # transformer's fp32 VAE): its most precise export, whatever order the manifest lists them in
-    best = min(
-        arts, key=lambda a: _FALLBACK_ORDER.index(a["precision"]) if a["precision"] in _FALLBACK_ORDER else 99
-    )
+    best = min(arts, key=lambda a: PRECISIONS.index(a["precision"]) if a["precision"] in PRECISIONS else 99)
     logger.info("%s: no %s export, using %s (exported: %s)", component, precision, best["precision"], have)
     return best
 

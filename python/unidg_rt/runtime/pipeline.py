@@ -90,9 +90,10 @@ class UniDGPipeline:
         from unidg_rt.runtime.torch_backend import TorchBackend
 
         path = Path(path) if path is not None else default_model_path()
-        if path.is_dir() and (path / "model.safetensors").is_file() and read_card(path / "model.safetensors"):
-            path = path / "model.safetensors"  # a unidg-rt model folder (``train --out``, the assets)
         card = read_card(path) if path.is_file() else None
+        if card is None and (path / "model.safetensors").is_file():  # a unidg-rt folder (``train --out``)
+            card = read_card(path / "model.safetensors")
+            path = path / "model.safetensors" if card is not None else path
         transformer = load_transformer(path)
         vae = load_vae(path)
         backend = TorchBackend(transformer, vae, device=device, dtype=dtype, attention_form=attention_form)

@@ -48,6 +48,7 @@ def sample_losers(
     model's own ``steps``-step sample inside it. Text-mode diptychs use their category row (and
     ``true_cfg_scale`` against zero conditioning), reference-mode ones zeros, as at inference."""
     model.eval()
+    sig = flux_sigmas(steps, lat.mask.shape[1])  # the sampler's schedule for N_img tokens
     out = []
     t0 = time.perf_counter()
     for s in range(0, len(idx), batch):
@@ -59,7 +60,6 @@ def sample_losers(
         x0 = pack_latents(lat.x0[torch.as_tensor(part)])  # [B, N_img, 64]
         cond = fb.feed["hidden_states"][..., x0.shape[-1] :]  # [B, N_img, 320]: masked latents + mask
         z = torch.randn(x0.shape, generator=gen)
-        sig = flux_sigmas(steps, x0.shape[1])
         uncond = None
         if true_cfg_scale > 1.0 and bool(text.any()):
             e, p = table(lat.category[torch.as_tensor(part)], torch.zeros_like(text))

@@ -76,7 +76,7 @@ class FlowBatch:
     sigma: torch.Tensor  # [B]
     target: torch.Tensor  # [B, N_img, 64]: noise - x0
     weights: torch.Tensor  # [B, N_img]
-    noise: torch.Tensor | None = None  # [B, N_img, 64]: the draw behind ``target`` (for loser batches)
+    noise: torch.Tensor  # [B, N_img, 64]: the draw behind ``target`` (loser batches reuse it)
 
     def with_x0(self, x0: torch.Tensor) -> FlowBatch:
         """The same noise, sigma and conditioning around another clean latent ``x0 [B, N_img, 64]``."""
