@@ -173,6 +173,45 @@ def test_select_plans_prefers_fold_and_refuses_wrong_gpu(fake_trt, tmp_path, tin
     assert facts["latent_channels"] == 2 and facts["guidance_embeds"] is False
 
 
+def test_select_plans_takes_the_reference_encoder_when_built(fake_trt, tmp_path, tiny_onnx):
+    """``reference_encoder`` is an optional role: chosen when the folder has a plan, absent otherwise;
+    a checkpoint whose card names one is refused without it (reference mode would silently change)."""
+    from unidg_rt.runtime.trt_backend import reference_image_size, select_plans
+
+    out = _three_roles(fake_trt, tmp_path, tiny_onnx, target="8.9")
+    assert "reference_encoder" not in select_plans(out, "8.9")
+    build_engine(tiny_onnx, out, builder="tensorrt-rtx", precision="fp16", profiles=PROFILE,
+                 component="reference_encoder", target="8.9", trt_module=fake_trt("rtx"))  # fmt: skip
+    chosen = select_plans(out, "8.9")
+    assert set(chosen) == {"transformer", "vae_encoder", "vae_decoder", "reference_encoder"}
+    assert chosen["reference_encoder"][1]["component"] == "reference_encoder"
+    io = {"inputs": [{"name": "images", "dtype": "FLOAT", "shape": [-1, 3, 48, 48]}]}
+    assert reference_image_size({"io": io}) == 48
+    assert reference_image_size({"metadata": {"spec_attrs": {"image_size": 96}}}) == 96
+
+
+def test_reference_encoder_runner_and_refusal_without_a_gpu():
+    import numpy as np
+
+    from unidg_rt.errors import WeightsError
+    from unidg_rt.runtime.ort_backend import ReferenceEncoderRunner, reference_encoder_for
+
+    class Echo:  # an engine stand-in: records the feed, returns the outputs' shapes
+        def infer(self, feed):
+            self.feed = feed
+            return {"encoder_hidden_states": np.ones((1, 8, 4)), "pooled_projections": np.ones((1, 6))}
+
+    engine = Echo()
+    runner = reference_encoder_for(engine, 16, {"reference_encoder": {"file": "r.safetensors"}}, "plan")
+    assert isinstance(runner, ReferenceEncoderRunner)
+    embeds, pooled = runner.encode(np.full((32, 32, 3), 255, np.uint8))
+    assert embeds.shape == (8, 4) and pooled.shape == (6,) and embeds.dtype == np.float32
+    assert engine.feed["images"].shape == (1, 3, 16, 16) and np.allclose(engine.feed["images"], 1.0)
+    assert reference_encoder_for(None, None, {}, "plan") is None
+    with pytest.raises(WeightsError, match="has no reference_encoder plan: build it"):
+        reference_encoder_for(None, None, {"reference_encoder": {"file": "r.safetensors"}}, "plan: build it")
+
+
 def test_trt_backend_imports_without_tensorrt_and_needs_cuda(tmp_path):
     import unidg_rt.runtime.trt_backend as tb
 

@@ -2,8 +2,9 @@
 
     pip install tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings==1.7.1.116
 
-The shipped default model's transformer (bias-folding and decomposed forms) and VAE
-encoder/decoder are exported in fp16 (:func:`unidg_rt.export.pipeline.export_pipeline`) and
+The shipped default model's transformer (bias-folding and decomposed forms), VAE encoder/decoder
+and reference encoder (a random one at the model's dims while the shipped model has none) are
+exported in fp16 (:func:`unidg_rt.export.pipeline.export_pipeline`) and
 AOT-built for RTX targets; the builder's layer table says whether each attention became one fused MHA kernel
 (summarised at the end of the pytest output). The plugin form cannot be built without its
 plugin library: that failure is asserted, not skipped. Nothing here *runs* an engine (no RTX
@@ -33,6 +34,7 @@ TARGETS = {
     "transformer-decomposed": ["8.9"],
     "vae_encoder": ["8.9"],
     "vae_decoder": ["8.9"],
+    "reference_encoder": ["8.6", "8.9", "12.0"],
 }
 
 
@@ -50,15 +52,50 @@ def _default_arch():
 DEFAULT_LAYERS, FOLDED_HEAD_DIM = _default_arch()
 
 
+def _with_reference_encoder(folder):
+    """The default model (weights byte-identical) with a random reference encoder beside it, named in
+    its card defaults, at the model's dims — for as long as the shipped model has none."""
+    import shutil
+
+    import torch
+
+    from unidg_rt.models.loading import read_card
+    from unidg_rt.models.refenc import ReferenceEncoder, ReferenceEncoderConfig, save_reference_encoder
+    from unidg_rt.runtime.assets import default_model_path
+    from unidg_rt.train.ship import rewrite_card_defaults
+
+    src = default_model_path()
+    card = read_card(src)
+    if card.defaults.get("reference_encoder"):
+        return src
+    path = folder / "model.safetensors"
+    shutil.copyfile(src, path)
+    rewrite_card_defaults(
+        path, {**card.defaults, "reference_encoder": {"file": "reference_encoder.safetensors"}}
+    )
+    cfg, d = card.transformer, card.defaults
+    config = ReferenceEncoderConfig(
+        seq_len=int(d.get("text_seq_len", 8)),
+        dim=cfg.joint_attention_dim,
+        pooled_dim=cfg.pooled_projection_dim,
+        image_size=int(d.get("height", 96)),
+    )
+    torch.manual_seed(0)
+    save_reference_encoder(folder / "reference_encoder.safetensors", ReferenceEncoder(config))
+    return path
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """fp16 ONNX of the shipped default model (``unidg_rt.export.pipeline.export_pipeline``):
-    transformer in the fold and decomposed forms, VAE encoder, VAE decoder + ``unidg_onnx.json``."""
+    transformer in the fold and decomposed forms, VAE encoder, VAE decoder, reference encoder +
+    ``unidg_onnx.json``."""
     from unidg_rt.engines.inputs import component_from_path
     from unidg_rt.export.pipeline import export_pipeline
 
     out = tmp_path_factory.mktemp("onnx")
-    export_pipeline(None, out, forms=("fold", "decomposed"), precision="fp16")
+    checkpoint = _with_reference_encoder(tmp_path_factory.mktemp("default_ref"))
+    export_pipeline(checkpoint, out, forms=("fold", "decomposed"), precision="fp16")
     return {component_from_path(p): p for p in sorted(out.glob("*.onnx"))}
 
 
@@ -115,6 +152,20 @@ def test_decomposed_form_fuses_with_materialised_mask(plans):
 def test_vae_mid_attention_fuses(plans, tag):
     r = plans[tag].attention
     assert r["fused_mha"] == 1 and r["fused_mha_with_mask_input"] == 0, r["verdict"]
+
+
+def test_reference_encoder_plan_io(plans):
+    """The reference encoder's plan keeps the one I/O vocabulary with a static crop side S (what
+    ``pipeline_from_engines`` resizes crops to) and a dynamic batch."""
+    from unidg_rt.runtime.trt_backend import reference_image_size
+
+    m = plans["reference_encoder"].manifest
+    size = m["metadata"]["spec_attrs"]["image_size"]  # 96 for the default model's dims
+    (images,) = m["io"]["inputs"]
+    assert images["name"] == "images" and images["shape"] == [-1, 3, size, size]
+    assert [t["name"] for t in m["io"]["outputs"]] == ["encoder_hidden_states", "pooled_projections"]
+    assert reference_image_size(m) == size and m["profiles"][0]["images"][2] == [4, 3, size, size]
+    assert m["metadata"]["defaults"]["reference_encoder"]["file"]
 
 
 def test_real_plan_refusals(plans, exported, tmp_path):

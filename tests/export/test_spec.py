@@ -73,7 +73,15 @@ def test_text_and_image_encoder_specs():
     assert ids.shape == (4, 32) and ids.dtype == np.int64 and ids.max() < 100
     assert image.tensor("image_prompt_embeds").shape == ("batch", 729, 4096)
     assert not image.exportable and "spec only" in image.notes
-    assert set(COMPONENTS) == {"transformer", "vae_encoder", "vae_decoder", "clip", "t5", "image_encoder"}
+    assert set(COMPONENTS) == {
+        "transformer",
+        "vae_encoder",
+        "vae_decoder",
+        "clip",
+        "t5",
+        "reference_encoder",
+        "image_encoder",
+    }
 
 
 def test_sample_inputs_are_valid_and_export_dims_avoid_specialisation():

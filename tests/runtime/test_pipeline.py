@@ -258,3 +258,48 @@ def test_lora_on_pipeline_and_segment_strengths(tiny_checkpoint, sample_inputs, 
     pipe.set_adapters("apo", 1.0)
     with pytest.raises(ValueError, match="time-gated"):
         pipe.fuse_lora()  # a gated adapter depends on t: it cannot be merged once for all steps
+
+
+@pytest.fixture(scope="module")
+def encoder_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint + a random reference encoder named by its card (as ``train sft`` writes)."""
+    import shutil
+
+    from unidg_rt.models.loading import read_card
+    from unidg_rt.models.refenc import ReferenceEncoder, ReferenceEncoderConfig, save_reference_encoder
+    from unidg_rt.train.ship import rewrite_card_defaults
+
+    folder = tmp_path_factory.mktemp("tiny_refenc")
+    for f in tiny_checkpoint.parent.glob("*.safetensors"):
+        shutil.copyfile(f, folder / f.name)
+    card = read_card(folder / "model.safetensors")
+    torch.manual_seed(0)
+    cfg = ReferenceEncoderConfig(seq_len=8, dim=card.transformer.joint_attention_dim,
+                                 pooled_dim=card.transformer.pooled_projection_dim, width=8, image_size=64)  # fmt: skip
+    save_reference_encoder(folder / "reference_encoder.safetensors", ReferenceEncoder(cfg))
+    defaults = {**card.defaults, "reference_encoder": {"file": "reference_encoder.safetensors"}}
+    rewrite_card_defaults(folder / "model.safetensors", defaults)
+    return folder / "model.safetensors"
+
+
+def test_reference_encoder_conditions_reference_mode_only(encoder_checkpoint, sample_inputs):
+    img, mask, ref, rmask = sample_inputs
+    pipe = UniDGPipeline.from_pretrained(encoder_checkpoint)
+    assert pipe.reference_encoder is not None
+    calls = []
+    encode = pipe.reference_encoder.encode
+    pipe.reference_encoder.encode = lambda crop: calls.append(crop.shape) or encode(crop)
+    with_enc = pipe(img, mask, ref, rmask, seed=0, output_type="np")
+    assert calls == [(64, 64, 3)]  # the diptych's left half: the reference crop
+    # the crop and its encoding: the same feed as prompt_embeds given explicitly
+    dip = pipe_diptych(pipe, img, mask, ref, rmask)
+    e, p = encode(dip.image[:, :64])
+    explicit = pipe(img, mask, ref, rmask, prompt_embeds=e, pooled_prompt_embeds=p, seed=0, output_type="np")
+    np.testing.assert_array_equal(with_enc.images, explicit.images)
+    assert len(calls) == 1  # explicit text conditioning wins over the encoder
+    pipe(img, mask, defect_category="hole", seed=0, output_type="np")
+    pipe(img, mask, ref, rmask, defect_category="hole", seed=0, output_type="np")
+    assert len(calls) == 1  # text mode, or a category given with the reference: no encoder call
+    pipe.reference_encoder = None  # without it reference mode is zero-conditioned, as before
+    without = pipe(img, mask, ref, rmask, seed=0, output_type="np")
+    assert not np.array_equal(without.images, with_enc.images)

@@ -21,7 +21,12 @@ def test_train_cli_tiny(tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads((out / "train_report.json").read_text())
     assert report["stages"]["sft"]["steps"] == 1
-    for f in ("model.safetensors", "embeddings.safetensors", "apo.safetensors"):
+    for f in (
+        "model.safetensors",
+        "embeddings.safetensors",
+        "apo.safetensors",
+        "reference_encoder.safetensors",
+    ):
         assert (out / f).is_file()
         assert report["files_bytes"][f] == (out / f).stat().st_size  # sizes as of the last stage
     # the run folder is a loadable UniDG checkpoint with the APO adapter and default segments
@@ -29,6 +34,7 @@ def test_train_cli_tiny(tmp_path):
 
     pipe = UniDGPipeline.from_pretrained(out / "model.safetensors")
     assert "apo" in pipe.backend.adapters.adapters and pipe.defaults["segments"]
+    assert pipe.reference_encoder is not None  # the card names the learned reference encoder
     folder = UniDGPipeline.from_pretrained(out)  # the run folder itself loads the same model
     assert "apo" in folder.backend.adapters.adapters and folder.defaults == pipe.defaults
 

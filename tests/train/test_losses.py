@@ -89,3 +89,53 @@ def test_defect_tokens_get_extra_weight(tiny_latents):
     extra = boosted.weights - plain.weights
     torch.testing.assert_close(extra, 4.0 * (lat.defect > 0).float())
     assert (lat.defect > 0).any()
+
+
+def _table_with_encoder(lat):
+    from unidg_rt.models.refenc import ReferenceEncoder, ReferenceEncoderConfig
+
+    torch.manual_seed(0)
+    size = int(lat.reference.shape[1])
+    enc = ReferenceEncoder(ReferenceEncoderConfig(seq_len=4, dim=32, pooled_dim=16, width=8, image_size=size))
+    return CategoryTable(len(lat.categories), 4, 32, 16, encoder=enc)
+
+
+def test_reference_rows_are_conditioned_by_the_encoder(tiny_latents):
+    lat = tiny_latents
+    assert lat.reference is not None and lat.reference.shape[1:] == (32, 32, 3)
+    table = _table_with_encoder(lat)
+    idx = np.arange(len(lat))
+    keep = torch.ones(len(idx), dtype=torch.bool)
+    keep[0] = False  # a dropped sample: zero conditioning whatever its mode
+    b = flow_batch(lat, idx, keep, table, torch.Generator().manual_seed(0), guidance=3.5,
+                   group_bias_lambda=1.0, context_weight=0.1)  # fmt: skip
+    e, p = b.feed["encoder_hidden_states"], b.feed["pooled_projections"]
+    with torch.no_grad():
+        e_enc, p_enc = table.encoder(lat.reference_input(idx))
+    assert (e[0] == 0).all() and (p[0] == 0).all()
+    for i in idx[1:]:
+        if lat.text_mode[i]:
+            assert torch.equal(e[i], table.embeds[lat.category[i]])
+        else:
+            torch.testing.assert_close(e[i], e_enc[i])
+            torch.testing.assert_close(p[i], p_enc[i])
+    assert (~lat.text_mode).any() and lat.text_mode.any()
+    # the reference crop is the diptych's left half, pixel for pixel
+    x = lat.reference_input(idx)
+    assert x.shape == (len(idx), 3, 32, 32) and float(x.min()) >= -1 and float(x.max()) <= 1
+
+
+def test_alignment_is_the_hand_computation(tiny_latents):
+    lat = tiny_latents
+    table = _table_with_encoder(lat)
+    idx = np.arange(len(lat))
+    got = table.alignment(lat, idx)
+    with torch.no_grad():
+        e, p = table.encoder(lat.reference_input(idx))
+    for i in idx:
+        c = lat.category[i]
+        want = ((e[i] - table.embeds[c]) ** 2).mean() + ((p[i] - table.pooled[c]) ** 2).mean()
+        want = want * (0.0 if lat.text_mode[i] else 1.0)
+        torch.testing.assert_close(got[i], want)
+    got.sum().backward()  # the target is a stop-gradient: only the encoder learns from it
+    assert table.embeds.grad is None and table.encoder.conv1.weight.grad is not None

@@ -21,7 +21,7 @@ def test_recipe_round_trip_and_overrides(tmp_path):
     r2 = Recipe.load(path)
     assert (r2.seed, r2.sft.steps, r2.vae.steps) == (3, 5, r.vae.steps)
     r3 = r2.with_steps("all", 7)
-    assert (r3.vae.steps, r3.sft.steps, r3.apo.steps) == (7, 7, 7) and r2.sft.steps == 5
+    assert (r3.vae.steps, r3.sft.steps, r3.refenc.steps, r3.apo.steps) == (7, 7, 7, 7) and r2.sft.steps == 5
     with pytest.raises(ConfigError, match="unknown recipe.sft key"):
         Recipe.from_dict({"sft": {"stepz": 1}})
 

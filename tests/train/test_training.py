@@ -130,7 +130,7 @@ def test_adapter_off_is_base_exactly_and_gate_scales_by_t(tiny_latents):
 def _files(folder):
     return {
         name: load_file(str(folder / name))
-        for name in ("vae.safetensors", "sft.safetensors", "apo.safetensors")
+        for name in ("vae.safetensors", "sft.safetensors", "reference_encoder.safetensors", "apo.safetensors")
     }
 
 
@@ -145,7 +145,8 @@ def test_two_seeded_runs_give_identical_weights(tmp_path, tiny_recipe):
         for k in a[fname]:
             assert torch.equal(a[fname][k], b[fname][k]), (fname, k)
     report = __import__("json").loads((tmp_path / "a" / "train_report.json").read_text())
-    assert set(report["stages"]) >= {"data", "vae", "encode", "sft", "apo"}
+    assert set(report["stages"]) >= {"data", "vae", "encode", "sft", "refenc", "apo"}
     assert report["seed"] == 0 and report["environment"]["torch"] == torch.__version__
-    for stage in ("vae", "sft", "apo"):
+    assert 0.0 <= report["stages"]["refenc"]["heldout_accuracy"] <= 1.0
+    for stage in ("vae", "sft", "refenc", "apo"):
         assert report["stages"][stage]["steps"] == 2 and report["stages"][stage]["loss_end"] is not None

@@ -1,5 +1,6 @@
 """``unidg-rt export``: a checkpoint → ONNX folder (transformer per attention form, VAE encoder and
-decoder, ``unidg_onnx.json`` manifest); unchanged stages are skipped."""
+decoder, the reference encoder where the checkpoint has one, ``unidg_onnx.json`` manifest);
+unchanged stages are skipped."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ def export(
         "fold", help="attention forms, comma-separated: decomposed,fold,attention_op,plugin"
     ),
     precision: str = typer.Option("fp32", help="fp32 / fp16 / bf16 (I/O stays float32)"),
-    components: str = typer.Option("transformer,vae_encoder,vae_decoder", help="components, comma-separated"),
+    components: str = typer.Option(
+        "transformer,vae_encoder,vae_decoder,reference_encoder",
+        help="components, comma-separated (reference_encoder: only where the checkpoint has one)",
+    ),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default per form: 18, attention_op 23)"),
     external_data: Optional[bool] = typer.Option(
         None, "--external-data/--no-external-data", help="weights in .onnx.data (default: only above 1.5 GiB)"

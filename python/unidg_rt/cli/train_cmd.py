@@ -14,13 +14,13 @@ from rich.table import Table
 from unidg_rt.errors import InvalidInputError
 
 console = Console(stderr=True)
-STAGES = ("vae", "sft", "apo", "all", "ship")
+STAGES = ("vae", "sft", "refenc", "apo", "all", "ship")
 
 
 def train(
     stage: str = typer.Argument(
         ...,
-        help="vae | sft | apo | all (each stage reads the previous one's files) | ship (copy a finished run)",
+        help="vae | sft | refenc | apo | all (each stage reads the previous one's files) | ship (copy a finished run)",
     ),
     seed: Optional[int] = typer.Option(None, help="random seed (default: the recipe's, 0)"),
     steps: Optional[int] = typer.Option(None, help="override the training steps (of every stage for 'all')"),

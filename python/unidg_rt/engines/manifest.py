@@ -3,8 +3,8 @@
 A plan is ``{component}.{precision}.{target}.{builder-version}.{hash}.plan`` (DESIGN §6), e.g.
 ``transformer-fold.fp16.sm89.trtrtx-1.7.1.116.3f2a9c0d1e4b.plan``:
 
-- ``component``: ``transformer``, ``vae_encoder``, ``vae_decoder`` … optionally ``-variant``
-  (attention form) — no dots;
+- ``component``: ``transformer``, ``vae_encoder``, ``vae_decoder``, ``reference_encoder`` …
+  optionally ``-variant`` (attention form) — no dots;
 - ``precision``: ``fp32 bf16 fp16 fp8 int8`` (quantised precisions mean a Q/DQ ONNX);
 - ``target``: ``sm89`` / ``sm86_sm89`` (compute capabilities the plan runs on), ``portable``
   (TensorRT-RTX default: every RTX-class GPU it supports) or ``ampereplus`` (TensorRT

@@ -7,6 +7,17 @@ form/precision to run. ``embeddings.safetensors`` beside the checkpoint is copie
 
 Stages are skipped when their inputs did not change (same weights sha256, spec, form, precision,
 opset and library versions) — then the checkpoint is not even loaded.
+
+**Reference encoder.** When the checkpoint's card ``defaults`` name one
+(``"reference_encoder": {"file": "reference_encoder.safetensors"}``, the file beside the
+checkpoint; :mod:`unidg_rt.models.refenc`), the ``reference_encoder`` component (in
+:data:`PIPELINE_COMPONENTS`) is exported too; a checkpoint without one exports exactly as before.
+Its stage key is over the checkpoint's *and* the encoder file's sha256 (the sidecar's
+``source_sha256`` is ``sha256("{checkpoint}:{encoder}")``), so a retrained encoder beside
+unchanged weights is re-exported. Precision: it follows the VAE (``vae_precision``, default
+``precision``: fp32 / fp16 / bf16), so a ``--precision fp16`` folder builds every engine at fp16.
+It is never quantised (``unidg-rt quantize`` covers transformer and VAE only): an int8/fp8 run
+uses its most precise export, as it does for the VAE.
 """
 
 from __future__ import annotations
@@ -38,7 +49,8 @@ from unidg_rt.runtime.ort_backend import MANIFEST_FORMAT, MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_COMPONENTS = ("transformer", "vae_encoder", "vae_decoder")
+#: ``reference_encoder`` only where the checkpoint has one (silently dropped otherwise)
+PIPELINE_COMPONENTS = ("transformer", "vae_encoder", "vae_decoder", "reference_encoder")
 #: default form to run when several were exported (no N×N first; benchmarks may reorder)
 FORM_PREFERENCE = ("fold", "attention_op", "decomposed", "plugin")
 
@@ -74,12 +86,38 @@ def _source_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def pipeline_specs(config: FluxConfig, vae_config, ranges) -> dict[str, IOSpec]:
-    return {
+def reference_encoder_source(path: Path, defaults: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
+    """``(file, config)`` of the reference encoder the card defaults name (beside the checkpoint),
+    ``None`` when they name none. Reads the config from the file's metadata, not its weights."""
+    from unidg_rt.models.loading import read_metadata
+    from unidg_rt.models.refenc import METADATA_KEY
+
+    entry = defaults.get("reference_encoder")
+    if not entry:
+        return None
+    name = entry.get("file") if isinstance(entry, dict) else None
+    if not name:
+        raise WeightsError(f"{path}: card defaults 'reference_encoder'={entry!r} has no 'file'")
+    file = (path if path.is_dir() else path.parent) / name
+    if not file.is_file():
+        raise WeightsError(
+            f"{path} names reference encoder {name!r} but {file} does not exist: copy it beside the checkpoint"
+        )
+    meta = read_metadata(file)
+    if METADATA_KEY not in meta:
+        raise WeightsError(f"{file} has no {METADATA_KEY!r} metadata: not a unidg-rt reference encoder")
+    return file, json.loads(meta[METADATA_KEY])
+
+
+def pipeline_specs(config: FluxConfig, vae_config, ranges, ref_config=None) -> dict[str, IOSpec]:
+    specs = {
         "transformer": component_spec("transformer", config, ranges),
         "vae_encoder": component_spec("vae_encoder", vae_config or {}, ranges),
         "vae_decoder": component_spec("vae_decoder", vae_config or {}, ranges),
     }
+    if ref_config is not None:
+        specs["reference_encoder"] = component_spec("reference_encoder", ref_config, ranges)
+    return specs
 
 
 def export_pipeline(
@@ -95,9 +133,10 @@ def export_pipeline(
     external_data: bool | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Export the transformer (one file per attention form) and the VAE encoder/decoder of a
-    checkpoint (``None`` = the embedded default model) into ``out_dir`` and write the manifest.
-    Returns the manifest; ``manifest["results"]`` lists what was exported or skipped."""
+    """Export the transformer (one file per attention form), the VAE encoder/decoder and, when the
+    checkpoint has one, its reference encoder (``None`` = the embedded default model) into
+    ``out_dir`` and write the manifest. Returns the manifest; ``manifest["results"]`` lists what
+    was exported or skipped."""
     from unidg_rt.runtime.assets import default_model_path
 
     path = Path(checkpoint_path) if checkpoint_path is not None else default_model_path()
@@ -122,10 +161,18 @@ def export_pipeline(
     vae_precision = vae_precision or precision
 
     config, vae_config, defaults = _read_configs(path)
+    ref = reference_encoder_source(path, defaults)
+    if ref is None and "reference_encoder" in components:
+        components = [c for c in components if c != "reference_encoder"]
+        if not components:
+            raise ConfigError(f"components=['reference_encoder']: {path} names no reference encoder")
     text_seq_len = int(defaults.get("text_seq_len", 512))
     ranges = ranges or {"default": GenerationRange.around(int(defaults.get("height", 512)), text_seq_len)}
-    specs = pipeline_specs(config, vae_config, ranges)
+    specs = pipeline_specs(config, vae_config, ranges, ref[1] if ref else None)
     source = _source_sha256(path)
+    sources = {c: source for c in specs}
+    if ref is not None:  # keyed on the checkpoint and the encoder file
+        sources["reference_encoder"] = hashlib.sha256(f"{source}:{file_sha256(ref[0])}".encode()).hexdigest()
     jobs = [("transformer", f, precision) for f in forms if "transformer" in components]
     jobs += [(c, None, vae_precision) for c in components if c != "transformer"]
 
@@ -136,20 +183,20 @@ def export_pipeline(
         form_name, op = resolve_form_and_opset(component, form, opset)
         stem = artifact_stem(component, form_name, prec)
         if not force and up_to_date(
-            out_dir, stem, stage_key(spec, form_name, prec, op, source, False, external_data)
+            out_dir, stem, stage_key(spec, form_name, prec, op, sources[component], False, external_data)
         ):
             logger.info("%s.onnx is up to date; skipping", stem)
             results.append(ExportResult(component, out_dir / f"{stem}.onnx", out_dir / f"{stem}.json", True))
             continue
-        model = _load(models, component, path, prec)
+        model = _load(models, component, ref[0] if component == "reference_encoder" else path, prec)
         results.append(
             export_component(component, model, spec, out_dir, prec, form, opset,
-                             source_sha256=source, external_data=external_data, force=force)
+                             source_sha256=sources[component], external_data=external_data, force=force)
         )  # fmt: skip
 
     embeddings = _copy_embeddings(path, out_dir)
     manifest = _write_manifest(
-        out_dir, path, source, config, vae_config, defaults, specs, forms, precision, embeddings
+        out_dir, path, sources, config, vae_config, defaults, specs, forms, precision, embeddings
     )
     manifest["results"] = [
         {"component": r.component, "file": r.path.name, "skipped": r.skipped} for r in results
@@ -158,16 +205,21 @@ def export_pipeline(
 
 
 def _load(cache: dict[str, Any], component: str, path: Path, precision: str):
-    """Load the transformer / VAE once per precision (the encoder and decoder share the VAE)."""
+    """Load the transformer / VAE / reference encoder (``path``: its own file) once per precision
+    (the VAE encoder and decoder share the VAE)."""
     from unidg_rt.models.loading import load_transformer, load_vae
+    from unidg_rt.models.refenc import load_reference_encoder
 
-    kind = "transformer" if component == "transformer" else "vae"
+    kind = "vae" if component.startswith("vae_") else component
     key = f"{kind}.{precision}"
     if key not in cache:
         dtype = PRECISIONS[precision]
-        cache[key] = (
-            load_transformer(path, dtype=dtype) if kind == "transformer" else load_vae(path, dtype=dtype)
-        )
+        if kind == "transformer":
+            cache[key] = load_transformer(path, dtype=dtype)
+        elif kind == "vae":
+            cache[key] = load_vae(path, dtype=dtype)
+        else:
+            cache[key] = load_reference_encoder(path).to(dtype)
     return cache[key]
 
 
@@ -181,15 +233,20 @@ def _copy_embeddings(path: Path, out_dir: Path) -> str | None:
     return dst.name if dst.is_file() else None
 
 
-def _write_manifest(out_dir, path, source, config, vae_config, defaults, specs, forms, precision, embeddings):
+def _write_manifest(
+    out_dir, path, sources, config, vae_config, defaults, specs, forms, precision, embeddings
+):
     """Merge what is on disk into ``unidg_onnx.json`` (artifacts of earlier exports are kept
-    when they came from the same weights)."""
+    when they came from the same weights: ``sources`` per component)."""
     from unidg_rt.export.onnx import read_sidecar
 
+    source = sources["transformer"]
     artifacts = []
     for sidecar in sorted(out_dir.glob("*.json")):
         info = read_sidecar(sidecar)
-        if not info or info.get("format") != "unidg-onnx-artifact/1" or info.get("source_sha256") != source:
+        if not info or info.get("format") != "unidg-onnx-artifact/1":
+            continue
+        if info.get("source_sha256") != sources.get(info.get("component"), source):
             continue
         if info.get("dry_run") or not (out_dir / info["onnx_file"]).is_file():
             continue
@@ -220,5 +277,7 @@ def _write_manifest(out_dir, path, source, config, vae_config, defaults, specs, 
         "embeddings": embeddings,
         "profiles": {name: spec.to_dict()["profiles"] for name, spec in specs.items()},
     }
+    if "reference_encoder" in specs:  # absent without one: such manifests stay as they were
+        manifest["reference_encoder"] = dict(specs["reference_encoder"].attrs)
     _atomic_write_json(out_dir / MANIFEST_NAME, manifest)
     return manifest

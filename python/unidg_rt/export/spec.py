@@ -7,8 +7,9 @@ base dim. Derived dims are tiny expressions over base dims (``"8*latent_height"`
 ``"text_tokens+img_tokens"``). Profiles come from per-side generation size ranges
 (:class:`GenerationRange`) and text lengths, e.g. 256/512/768 px per side for FLUX-size models.
 
-Components: ``transformer``, ``vae_encoder``, ``vae_decoder``, ``clip``, ``t5`` and the optional
-``image_encoder`` (SigLIP vision tower + Redux projector — **spec only**, no exporter yet).
+Components: ``transformer``, ``vae_encoder``, ``vae_decoder``, ``clip``, ``t5``, the optional
+``reference_encoder`` (the checkpoint's learned reference-crop CNN, :mod:`unidg_rt.models.refenc`)
+and ``image_encoder`` (SigLIP vision tower + Redux projector — **spec only**, no exporter yet).
 
 numpy only: no torch, no onnx.
 """
@@ -27,7 +28,7 @@ import numpy as np
 from unidg_rt.errors import ConfigError, InvalidInputError
 from unidg_rt.groups import NUM_GROUPS, default_group_bias
 
-COMPONENTS = ("transformer", "vae_encoder", "vae_decoder", "clip", "t5", "image_encoder")
+COMPONENTS = ("transformer", "vae_encoder", "vae_decoder", "clip", "t5", "reference_encoder", "image_encoder")
 POINTS = ("min", "opt", "max")
 #: how :meth:`IOSpec.sample_inputs` fills a tensor
 VALUE_KINDS = ("normal", "unit", "images", "guidance", "positions", "zeros", "groups", "tokens", "bias")
@@ -399,6 +400,34 @@ def t5_spec(config=None, ranges: Ranges = None) -> IOSpec:
     )
 
 
+def reference_encoder_spec(config=None, ranges: Ranges = None) -> IOSpec:
+    """The learned reference encoder (:class:`~unidg_rt.models.refenc.ReferenceEncoderConfig` or its
+    dict): reference crop ``images [B, 3, S, S]`` in [-1, 1] (``S`` static, the size it was trained
+    at; runtimes resize to it) → the text slots ``encoder_hidden_states [B, T, D]`` and
+    ``pooled_projections [B, P]`` it fills in reference mode. Defaults = ReferenceEncoderConfig's."""
+    size = int(_get(config, "image_size", 96))
+    seq_len, dim = int(_get(config, "seq_len", 8)), int(_get(config, "dim", 64))
+    pooled, width = int(_get(config, "pooled_dim", 64)), int(_get(config, "width", 32))
+    if size % 16:
+        raise ConfigError(f"reference encoder image_size={size} must be a multiple of 16 (4 stride-2 convs)")
+    profiles = {t: {"batch": r.batch} for t, r in _ranges(ranges).items()}
+    return IOSpec(
+        "reference_encoder",
+        (
+            TensorSpec(
+                "images", "float32", ("batch", 3, size, size), "images", doc="reference crop in [-1, 1]"
+            ),
+        ),
+        (
+            TensorSpec("encoder_hidden_states", "float32", ("batch", seq_len, dim)),
+            TensorSpec("pooled_projections", "float32", ("batch", pooled)),
+        ),
+        profiles,
+        attrs={"image_size": size, "seq_len": seq_len, "dim": dim, "pooled_dim": pooled, "width": width},
+        notes="runtimes resize the crop to image_size (bilinear, align_corners=False) before the graph",
+    )
+
+
 def image_encoder_spec(config=None, ranges: Ranges = None) -> IOSpec:
     """FLUX Redux image prompt: SigLIP-so400m (384 px, patch 14 → 729 tokens, 1152 wide) + Redux
     projector (1152 → 12288 → 4096). **Spec only**: no exporter is implemented yet."""
@@ -424,13 +453,14 @@ _BUILDERS = {
     "vae_decoder": vae_decoder_spec,
     "clip": clip_spec,
     "t5": t5_spec,
+    "reference_encoder": reference_encoder_spec,
     "image_encoder": image_encoder_spec,
 }
 
 
 def component_spec(component: str, config=None, ranges: Ranges = None) -> IOSpec:
     """The spec of ``component`` for an architecture config (FluxConfig, VAEConfig or dict,
-    a transformers config for clip/t5)."""
+    a transformers config for clip/t5, a ReferenceEncoderConfig or dict)."""
     if component not in _BUILDERS:
         raise InvalidInputError(f"component={component!r} unknown; choose one of {COMPONENTS}")
     if component == "transformer" and config is None:

@@ -88,6 +88,20 @@ class VAEDecoderExport(nn.Module):
         return self.vae.decode(z).float()  # [B, 3, 8h, 8w]
 
 
+class ReferenceEncoderExport(nn.Module):
+    """``ReferenceEncoder``: reference crop ``images [B, 3, S, S]`` in [-1, 1] →
+    (``encoder_hidden_states [B, T, D]``, ``pooled_projections [B, P]``)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.dtype = _model_dtype(encoder)
+
+    def forward(self, images):
+        embeds, pooled = self.encoder(images.to(self.dtype))
+        return embeds.float(), pooled.float()
+
+
 def _eager_attention(model: nn.Module) -> None:
     """transformers' SDPA attention path trips torch.export's decomposition ("Cannot view a
     tensor ...", torch 2.13 with T5) — export the eager (MatMul/Softmax) path instead."""
@@ -128,6 +142,7 @@ _WRAPPERS = {
     "vae_decoder": VAEDecoderExport,
     "clip": CLIPExport,
     "t5": T5Export,
+    "reference_encoder": ReferenceEncoderExport,
 }
 
 

@@ -2,8 +2,10 @@
 
 Reads an exported folder (``unidg_onnx.json`` manifest + ``{component}.{form}.{precision}.onnx``
 files, written by :func:`unidg_rt.export.pipeline.export_pipeline`) and serves the three
-runners of the backend protocol. ``onnxruntime`` is imported lazily; execution providers are
-feature-detected (``CUDAExecutionProvider`` when onnxruntime-gpu is installed, else CPU).
+runners of the backend protocol, plus the checkpoint's reference encoder when it was exported
+(:class:`ReferenceEncoderRunner`, shared with the TensorRT backend). ``onnxruntime`` is imported
+lazily; execution providers are feature-detected (``CUDAExecutionProvider`` when onnxruntime-gpu
+is installed, else CPU). No torch import.
 """
 
 from __future__ import annotations
@@ -172,8 +174,74 @@ class OrtTransformerRunner(OrtRunner):
         return super().prepare(feed)
 
 
+# ---------------------------------------------------------------------- reference encoder
+def resize_bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``[H, W, C]`` float → ``[height, width, C]`` float32, the numpy twin of torch's
+    ``interpolate(mode="bilinear", align_corners=False, antialias=False)`` (half-pixel centres,
+    source index clamped at 0, no anti-aliasing when shrinking; indices and weights in float32
+    like torch's CPU kernel): it matches :func:`unidg_rt.models.refenc.pixels_to_input` up to
+    float32 rounding of the sums (tested <= 1e-5 on [0, 1] pixels)."""
+
+    def taps(n_in: int, n_out: int):
+        half = np.float32(0.5)
+        src = (np.arange(n_out, dtype=np.float32) + half) * np.float32(n_in / n_out) - half
+        src = np.maximum(src, np.float32(0))
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (src - i0).astype(np.float32)
+
+    x = np.asarray(x, np.float32)
+    r0, r1, wr = taps(x.shape[0], height)
+    c0, c1, wc = taps(x.shape[1], width)
+    wr, wc = wr[:, None, None], wc[None, :, None]
+    rows = x[r0] * (1 - wr) + x[r1] * wr  # [height, W, C]
+    return rows[:, c0] * (1 - wc) + rows[:, c1] * wc  # [height, width, C]
+
+
+class ReferenceEncoderRunner:
+    """The pipeline's ``reference_encoder``: ``encode(crop) -> (embeds [T, D], pooled [P])`` float32
+    numpy for one reference crop ``[S', S', 3]`` (float in [0, 1] or uint8), like
+    :class:`unidg_rt.models.refenc.TorchReferenceEncoder`, over any runner whose
+    ``infer({"images": [1, 3, S, S]})`` returns ``encoder_hidden_states`` / ``pooled_projections``
+    (an ONNX Runtime session here, a TensorRT engine in :mod:`.trt_backend`). The crop is mapped to
+    [-1, 1] and resized to ``image_size`` (the graph's static ``S``) only when ``S' != S``, with
+    :func:`resize_bilinear`. numpy only."""
+
+    def __init__(self, runner, image_size: int):
+        self.runner = runner
+        self.image_size = int(image_size)
+
+    def encode(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(crop)
+        if x.ndim != 3 or x.shape[-1] != 3:
+            raise InvalidInputError(f"reference crop must be [H, W, 3], got {x.shape}")
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        x = x * 2 - 1
+        s = self.image_size
+        if x.shape[:2] != (s, s):
+            x = resize_bilinear(x, s, s)
+        out = self.runner.infer({"images": np.ascontiguousarray(x.transpose(2, 0, 1)[None])})
+        embeds = np.asarray(out["encoder_hidden_states"][0], np.float32)  # [T, D]
+        return embeds, np.asarray(out["pooled_projections"][0], np.float32)  # [P]
+
+
+def reference_encoder_for(runner, image_size: int | None, defaults: dict[str, Any], fix: str):
+    """The pipeline's reference encoder over ``runner`` (``None`` when absent). A checkpoint whose
+    defaults name one but whose folder lacks it is refused (reference mode would silently fall
+    back to zero conditioning): ``fix`` says how to add it."""
+    if runner is not None:
+        return ReferenceEncoderRunner(runner, int(image_size))
+    if (defaults or {}).get("reference_encoder"):
+        raise WeightsError(
+            "the checkpoint has a reference encoder (card defaults 'reference_encoder') but this folder "
+            f"has no reference_encoder {fix}; or pass reference_encoder=None to run without it"
+        )
+    return None
+
+
 class OrtBackend:
-    """Sessions for ``transformer``, ``vae_encoder``, ``vae_decoder`` of an exported folder."""
+    """Sessions for ``transformer``, ``vae_encoder``, ``vae_decoder`` of an exported folder, and
+    ``reference_encoder`` (``None`` when not exported)."""
 
     name = "onnxruntime"
 
@@ -202,10 +270,10 @@ class OrtBackend:
             session_options = ort.SessionOptions()
             session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             session_options.log_severity_level = 3
-        self.artifacts = {
-            c: _pick(self.manifest, c, attention_form, precision)
-            for c in ("transformer", "vae_encoder", "vae_decoder")
-        }
+        components = ["transformer", "vae_encoder", "vae_decoder"]
+        if any(a["component"] == "reference_encoder" for a in self.manifest.get("artifacts", [])):
+            components.append("reference_encoder")
+        self.artifacts = {c: _pick(self.manifest, c, attention_form, precision) for c in components}
         if precision is not None and all(a["precision"] != precision for a in self.artifacts.values()):
             have = sorted({a["precision"] for a in self.manifest.get("artifacts", [])})
             raise ConfigError(
@@ -226,6 +294,11 @@ class OrtBackend:
         self.transformer = OrtTransformerRunner(sessions["transformer"], "transformer", io_binding)
         self.vae_encoder = OrtRunner(sessions["vae_encoder"], "vae_encoder", io_binding)
         self.vae_decoder = OrtRunner(sessions["vae_decoder"], "vae_decoder", io_binding)
+        self.reference_encoder = (
+            OrtRunner(sessions["reference_encoder"], "reference_encoder", io_binding)
+            if "reference_encoder" in sessions
+            else None
+        )
         t = self.artifacts["transformer"]
         self.info = {
             "backend": "onnxruntime",
@@ -264,7 +337,8 @@ def pipeline_from_onnx(
     **pipeline_kwargs,
 ):
     """Build ``cls`` (``UniDGPipeline``) over an :class:`OrtBackend` from the folder's manifest.
-    ``pipeline_kwargs`` (``text_encoders``, ``image_prompt_encoder``) go to ``cls`` unchanged."""
+    ``pipeline_kwargs`` (``text_encoders``, ``image_prompt_encoder``, ``reference_encoder``) go to
+    ``cls`` unchanged; without ``reference_encoder`` the exported one (if any) is wired in."""
     from unidg_rt.embeddings import EmbeddingsCache
 
     backend = OrtBackend(onnx_dir, providers, session_options, attention_form=attention_form,
@@ -279,6 +353,12 @@ def pipeline_from_onnx(
         cache = EmbeddingsCache.load(Path(onnx_dir) / m["embeddings"])
     else:
         cache = None
+    if "reference_encoder" not in pipeline_kwargs:
+        runner = backend.reference_encoder
+        size = runner._shapes["images"][-1] if runner is not None else None  # static S of the graph
+        pipeline_kwargs["reference_encoder"] = reference_encoder_for(
+            runner, size, m.get("defaults") or {}, "export: re-run `unidg-rt export` (it exports it)"
+        )
     return cls(
         backend,
         text_seq_len=int(p["text_seq_len"]),

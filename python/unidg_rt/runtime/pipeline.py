@@ -54,6 +54,7 @@ class UniDGPipeline:
         embeddings: EmbeddingsCache | None = None,
         text_encoders=None,
         image_prompt_encoder=None,
+        reference_encoder=None,
     ):
         self.backend = backend
         self.text_seq_len = text_seq_len
@@ -66,6 +67,9 @@ class UniDGPipeline:
         self.embeddings = embeddings
         self.text_encoders = text_encoders
         self.image_prompt_encoder = image_prompt_encoder  # optional SigLIP + Redux (models/redux.py)
+        # the checkpoint's learned reference encoder (models/refenc.py): reference crop -> the text
+        # slots + pooled vector in reference mode; ``encode(crop) -> (embeds [T, D], pooled [P])``
+        self.reference_encoder = reference_encoder
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -103,6 +107,13 @@ class UniDGPipeline:
         base = path if path.is_dir() else path.parent
         for name, spec in (defaults.get("adapters") or {}).items():  # adapters shipped beside the weights
             backend.adapters.load_lora(base / spec["file"], name, strength=float(spec.get("strength", 1.0)))
+        reference_encoder = None
+        if defaults.get("reference_encoder"):
+            from unidg_rt.models.refenc import TorchReferenceEncoder
+
+            reference_encoder = TorchReferenceEncoder.from_file(
+                base / defaults["reference_encoder"]["file"], device=device
+            )
         return cls(
             backend,
             text_seq_len=text_seq_len or defaults.get("text_seq_len", 512),
@@ -115,6 +126,7 @@ class UniDGPipeline:
             embeddings=cache,
             text_encoders=text_encoders,
             image_prompt_encoder=image_prompt_encoder,
+            reference_encoder=reference_encoder,
         )
 
     # ------------------------------------------------------------------ LoRA (diffusers-style names)
@@ -343,6 +355,11 @@ class UniDGPipeline:
         )
         # 3. conditioning
         embeds, pooled = self.encode_prompt(prompt, prompt_embeds, pooled_prompt_embeds, defect_category)
+        text_given = any(x is not None for x in (prompt, prompt_embeds, defect_category))
+        if self.reference_encoder is not None and not dip.is_text_mode and not text_given:
+            # the learned reference encoder fills the text slots + pooled vector from the crop
+            embeds, pooled = self.reference_encoder.encode(dip.image[:, : dip.width])
+            embeds, pooled = np.asarray(embeds, np.float32), np.asarray(pooled, np.float32)
         if self.image_prompt_encoder is not None and not dip.is_text_mode:
             # Redux: reference-crop tokens appended after the text slots (Insert-Anything layout)
             ref_crop = (dip.image[:, : dip.width] * 255).round().astype(np.uint8)
@@ -365,7 +382,7 @@ class UniDGPipeline:
         # 5. schedule
         sig = flux_sigmas(num_inference_steps, dip.num_image_tokens, sigmas)
         # true CFG compares against zero embeddings: with zero conditioning (reference mode
-        # without Redux) both passes are the same call, so the second one is skipped
+        # without a reference encoder or Redux) both passes are the same call, so it is skipped
         cfg_possible = bool(np.any(embeds) or np.any(pooled))
         uncond = None
         if (

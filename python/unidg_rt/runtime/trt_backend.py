@@ -37,11 +37,14 @@ from unidg_rt.errors import BackendUnavailableError, EngineMismatchError, Invali
 logger = logging.getLogger(__name__)
 
 ROLES = ("transformer", "vae_encoder", "vae_decoder")
+#: roles used when a plan exists (the checkpoint's reference encoder, :mod:`unidg_rt.models.refenc`)
+OPTIONAL_ROLES = ("reference_encoder",)
 #: transformer variants preferred when several plans fit: folding keeps the fused MHA mask-free
 VARIANT_PREFERENCE = ("fold", "attention_op", "decomposed", "reference", "plugin")
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32",
                  "INT64": "int64", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}  # fmt: skip
 _MAX_GRAPHS = 8
+_AUTO = object()
 
 
 def _torch():
@@ -241,7 +244,8 @@ class TRTRunner:
 
 
 class TRTBackend:
-    """Transformer + VAE engines on one GPU (Backend protocol of :mod:`unidg_rt.runtime.backend`)."""
+    """Transformer + VAE engines on one GPU (Backend protocol of :mod:`unidg_rt.runtime.backend`),
+    plus ``reference_encoder`` (a runner, ``None`` without a plan)."""
 
     name = "tensorrt"
 
@@ -252,17 +256,18 @@ class TRTBackend:
         self.torch = _torch()
         self.device = self.torch.device(device)
         runners = {}
-        for role in ROLES:
+        for role in [r for r in (*ROLES, *OPTIONAL_ROLES) if r in plans]:
             path, manifest = plans[role]
             trt = load_trt(manifest["builder"])
             cache = Path(runtime_cache_dir) / f"{path.stem}.rtcache" if runtime_cache_dir else None
             runners[role] = TRTRunner(path, manifest=manifest, trt=trt, device=device,
                                       cuda_graph=cuda_graph and role == "transformer", runtime_cache=cache)  # fmt: skip
         self.transformer, self.vae_encoder, self.vae_decoder = (runners[r] for r in ROLES)
+        self.reference_encoder = runners.get("reference_encoder")
         self.info = {
             "backend": "tensorrt",
             "device": str(self.device),
-            "engines": {r: plans[r][0].name for r in ROLES},
+            "engines": {r: plans[r][0].name for r in runners},
             "cuda_graph": cuda_graph,
         }
 
@@ -280,16 +285,16 @@ class TRTBackend:
 def select_plans(engines_dir: str | Path, device_cc: str | None, *, precision: str | None = None,
                  variant: str | None = None, runtime_versions: dict[str, str] | None = None,
                  verify_hash: bool = True) -> dict[str, tuple[Path, dict[str, Any]]]:  # fmt: skip
-    """Pick one plan per role (transformer, vae_encoder, vae_decoder) that :func:`check_plan`
-    accepts for ``device_cc``; raise the refusal (with its rebuild command) when none does.
-    Needs neither TensorRT nor a GPU (tested on CPU)."""
+    """Pick one plan per role (transformer, vae_encoder, vae_decoder; reference_encoder where the
+    folder has one) that :func:`check_plan` accepts for ``device_cc``; raise the refusal (with its
+    rebuild command) when none does. Needs neither TensorRT nor a GPU (tested on CPU)."""
     engines_dir = Path(engines_dir)
     if not engines_dir.is_dir():
         raise InvalidInputError(
             f"engines_dir {engines_dir} is not a folder: build engines with `unidg-rt build`"
         )
     plans = mf.find_plans(engines_dir)
-    candidates: dict[str, list[tuple[Path, dict]]] = {r: [] for r in ROLES}
+    candidates: dict[str, list[tuple[Path, dict]]] = {r: [] for r in (*ROLES, *OPTIONAL_ROLES)}
     foreign = []
     for p in plans:
         m = mf.read_manifest(p)
@@ -306,6 +311,8 @@ def select_plans(engines_dir: str | Path, device_cc: str | None, *, precision: s
         logger.warning("ignoring plans without a unidg_rt sidecar (not built here): %s", ", ".join(foreign))
     chosen = {}
     for role, cands in candidates.items():
+        if not cands and role in OPTIONAL_ROLES:
+            continue
         if not cands:
             raise InvalidInputError(
                 f"no {role} plan in {engines_dir}"
@@ -329,6 +336,15 @@ def select_plans(engines_dir: str | Path, device_cc: str | None, *, precision: s
         chosen[role] = (path, mf.check_plan(path, device_cc=device_cc, builder_version=version,
                                             verify_plan_hash=verify_hash))  # fmt: skip
     return chosen
+
+
+def reference_image_size(manifest: dict[str, Any]) -> int:
+    """The static crop side ``S`` of a reference-encoder plan: its ``images [B, 3, S, S]`` input as
+    the build recorded it (else the exporter's spec attrs)."""
+    for t in (manifest.get("io") or {}).get("inputs", []):
+        if t["name"] == "images" and int(t["shape"][-1]) > 0:
+            return int(t["shape"][-1])
+    return int(((manifest.get("metadata") or {}).get("spec_attrs") or {})["image_size"])
 
 
 def model_facts(transformer_manifest: dict[str, Any]) -> dict[str, Any]:
@@ -362,12 +378,14 @@ def model_facts(transformer_manifest: dict[str, Any]) -> dict[str, Any]:
 def pipeline_from_engines(engines_dir: str | Path, *, embeddings=None, device: str = "cuda",
                           precision: str | None = None, variant: str | None = None, cuda_graph: bool = False,
                           runtime_cache_dir: str | Path | None = None, text_seq_len: int | None = None,
-                          verify_hash: bool = True, pipeline_cls=None):  # fmt: skip
+                          verify_hash: bool = True, pipeline_cls=None, reference_encoder=_AUTO):  # fmt: skip
     """``UniDGPipeline.from_engines(dir)``: plans built by ``unidg-rt build`` (sidecars checked
     against this GPU and the installed TensorRT / TensorRT-RTX) → a pipeline on :class:`TRTBackend`.
     ``embeddings``: category cache (default ``engines_dir/embeddings.safetensors`` if present).
     ``pipeline_cls``: the class to build (default :class:`UniDGPipeline`; the classmethod passes
-    ``cls``). UNVERIFIED on hardware (see the module docstring)."""
+    ``cls``). ``reference_encoder``: default = the folder's ``reference_encoder`` plan (refused
+    when the checkpoint has one but the folder lacks it), ``None`` = none, or any object with
+    ``encode(crop)``. UNVERIFIED on hardware (see the module docstring)."""
     from unidg_rt.embeddings import EmbeddingsCache
     from unidg_rt.engines.build import load_trt, local_device_cc
     from unidg_rt.runtime.pipeline import UniDGPipeline
@@ -394,6 +412,15 @@ def pipeline_from_engines(engines_dir: str | Path, *, embeddings=None, device: s
     else:
         beside = engines_dir / "embeddings.safetensors"
         cache = EmbeddingsCache.load(beside) if beside.exists() else None
+    if reference_encoder is _AUTO:
+        from unidg_rt.runtime.ort_backend import reference_encoder_for
+
+        ref = plans.get("reference_encoder")
+        reference_encoder = reference_encoder_for(
+            backend.reference_encoder, reference_image_size(ref[1]) if ref else None, facts["defaults"],
+            f"plan{f' in {precision}' if precision else ''}: export it, then "
+            f"`unidg-rt build ONNX_DIR --component reference_encoder --out {engines_dir}`",
+        )  # fmt: skip
     return (pipeline_cls or UniDGPipeline)(
         backend,
         text_seq_len=text_seq_len or facts["text_seq_len"],
@@ -404,4 +431,5 @@ def pipeline_from_engines(engines_dir: str | Path, *, embeddings=None, device: s
         guidance_embeds=facts["guidance_embeds"],
         defaults=facts["defaults"],
         embeddings=cache,
+        reference_encoder=reference_encoder,
     )

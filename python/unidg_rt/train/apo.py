@@ -93,7 +93,7 @@ def apo_step_batch(lat: LatentSet, table: CategoryTable, recipe: APORecipe, sft,
     else:
         pos = rng.integers(0, len(pool), recipe.batch_size)
         idx = pool[pos]
-        use = lat.text_mode[torch.as_tensor(idx)]
+        use = torch.ones(len(idx), dtype=torch.bool)
     batch = flow_batch(
         lat, idx, use, table, gen, guidance=sft.guidance, group_bias_lambda=sft.group_bias_lambda,
         context_weight=sft.context_weight, defect_weight=sft.defect_weight,

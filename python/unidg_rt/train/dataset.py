@@ -150,6 +150,7 @@ class LatentSet:
     text_mode: torch.Tensor  # bool [N]
     categories: list[str]
     defect: torch.Tensor | None = None  # float32 [N, N_img]: defect pixel fraction per token
+    reference: torch.Tensor | None = None  # uint8 [N, S, S, 3]: left half (the reference crop) pixels
 
     def __len__(self) -> int:
         return int(self.x0.shape[0])
@@ -167,6 +168,12 @@ class LatentSet:
     def indices(self, text: bool) -> np.ndarray:
         return np.flatnonzero(self.text_mode.numpy() == text)
 
+    def reference_input(self, idx) -> torch.Tensor:
+        """The reference crops of samples ``idx`` as the reference encoder's input ``[B, 3, S, S]``
+        in [-1, 1] (text-mode rows hold their gray left half)."""
+        x = self.reference[torch.as_tensor(idx)].float() / 255.0  # [B, S, S, 3]
+        return x.permute(0, 3, 1, 2) * 2 - 1
+
 
 @torch.no_grad()
 def encode_diptych_set(vae, dset: DiptychSet, batch: int = 32) -> LatentSet:
@@ -182,4 +189,5 @@ def encode_diptych_set(vae, dset: DiptychSet, batch: int = 32) -> LatentSet:
         groups=torch.from_numpy(dset.groups.astype(np.int64)), category=torch.from_numpy(dset.category),
         text_mode=torch.from_numpy(dset.text_mode), categories=list(dset.categories),
         defect=torch.from_numpy(dset.defect_fraction()),
+        reference=torch.from_numpy(np.ascontiguousarray(dset.image_gt[:, :, : dset.size])),
     )  # fmt: skip

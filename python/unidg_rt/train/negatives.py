@@ -45,8 +45,9 @@ def sample_losers(
     batch: int = 32,
 ) -> torch.Tensor:
     """Loser latents ``[len(idx), N_img, 64]`` (packed): ``x0`` outside the target region, the
-    model's own ``steps``-step sample inside it. Text-mode diptychs use their category row (and
-    ``true_cfg_scale`` against zero conditioning), reference-mode ones zeros, as at inference."""
+    model's own ``steps``-step sample inside it, conditioned as at inference
+    (:meth:`CategoryTable.condition`: category row / reference encoder / zeros) with
+    ``true_cfg_scale`` against zero conditioning where the conditioning is not already zero."""
     model.eval()
     sig = flux_sigmas(steps, lat.mask.shape[1])  # the sampler's schedule for N_img tokens
     out = []
@@ -54,16 +55,17 @@ def sample_losers(
     for s in range(0, len(idx), batch):
         part = np.asarray(idx[s : s + batch])
         gen = torch.Generator().manual_seed(seed + s)
-        text = lat.text_mode[torch.as_tensor(part)]
-        fb = flow_batch(lat, part, text, table, gen, guidance=sft.guidance, group_bias_lambda=sft.group_bias_lambda,
+        keep = torch.ones(len(part), dtype=torch.bool)
+        fb = flow_batch(lat, part, keep, table, gen, guidance=sft.guidance, group_bias_lambda=sft.group_bias_lambda,
                         context_weight=sft.context_weight)  # fmt: skip
         x0 = pack_latents(lat.x0[torch.as_tensor(part)])  # [B, N_img, 64]
         cond = fb.feed["hidden_states"][..., x0.shape[-1] :]  # [B, N_img, 320]: masked latents + mask
         z = torch.randn(x0.shape, generator=gen)
+        e, p = fb.feed["encoder_hidden_states"], fb.feed["pooled_projections"]
+        guided_rows = (e.abs().sum(dim=(1, 2)) + p.abs().sum(dim=1)) > 0  # [B]: CFG has a second branch
         uncond = None
-        if true_cfg_scale > 1.0 and bool(text.any()):
-            e, p = table(lat.category[torch.as_tensor(part)], torch.zeros_like(text))
-            uncond = {"encoder_hidden_states": e, "pooled_projections": p}
+        if true_cfg_scale > 1.0 and bool(guided_rows.any()):
+            uncond = {"encoder_hidden_states": torch.zeros_like(e), "pooled_projections": torch.zeros_like(p)}
         for i in range(steps):
             feed = {**fb.feed, "hidden_states": torch.cat([z, cond], dim=2)}  # [B, N_img, 384]
             sigma = torch.full((len(part),), float(sig[i]))
@@ -71,7 +73,7 @@ def sample_losers(
             if uncond is not None:
                 v_u = model(timestep=sigma, **{**feed, **uncond})
                 guided = v_u + true_cfg_scale * (v - v_u)
-                v = torch.where(text[:, None, None], guided, v)
+                v = torch.where(guided_rows[:, None, None], guided, v)
             z = euler_step(z, v, sig[i], sig[i + 1])
         region = (lat.groups[torch.as_tensor(part)] == int(TokenGroup.TARGET_REGION))[..., None]
         out.append(torch.where(region, z, x0))

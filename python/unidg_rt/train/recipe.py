@@ -79,7 +79,7 @@ class SFTRecipe:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     text_fraction: float = 0.4  # share of text-mode samples per batch (the rest: reference mode)
-    cond_dropout: float = 0.15  # text-mode samples trained with zero embeddings (true / reference CFG)
+    cond_dropout: float = 0.15  # samples trained with zero conditioning (the true-CFG unconditional branch)
     guidance: float = 3.5  # distilled-guidance input, fixed (the runtime default)
     logit_mean: float = 0.0  # sigma ~ sigmoid(N(mean, std)), then FLUX's resolution time shift
     logit_std: float = 1.0
@@ -88,6 +88,31 @@ class SFTRecipe:
     defect_weight: float = 4.0  # extra loss weight of tokens holding ground-truth defect pixels
     group_bias_lambda: float = 1.0  # λ of the default group-bias table, as at inference
     embed_init_std: float = 0.5
+    # reference mode: a learned reference encoder (unidg_rt.models.refenc) turns the reference crop
+    # into the text slots + pooled vector (0 = off: zero conditioning in reference mode, the
+    # previous model; it ignored the reference's category). ref_align pulls its output towards
+    # the category table row of the reference's category (a stop-gradient target).
+    ref_width: int = 32
+    ref_align: float = 1.0
+
+
+@dataclass
+class RefEncRecipe:
+    """Stage ``refenc`` (:mod:`unidg_rt.train.refenc`): the reference encoder fitted to the frozen
+    category table on a bank of fresh procedural reference crops (skipped when sft.ref_width = 0)."""
+
+    bank_size: int = 8000  # training reference crops (the SFT set has 1600)
+    heldout: int = 500  # crops of a disjoint seed stream, for the reported accuracy
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 50
+    min_lr_frac: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    tau: float = 0.05  # temperature of the prototype logits -mean (v - t_c)^2 / tau
+    align: float = 1.0  # + align · mean (v - t_y)^2
+    augment: bool = True  # random flips / 90° turns
 
 
 @dataclass
@@ -130,8 +155,9 @@ class ShipRecipe:
     # hierarchical sampling: lower APO strength in the early (high-noise) segment for diversity,
     # full strength late (low noise) for fidelity; fractions of the step count. true_cfg_scale:
     # two-pass CFG against zero embeddings — in text mode it is what makes defects visible
-    # (without it the category signal is averaged away); in reference mode (zero embeddings) the
-    # two passes are equal, so it changes nothing there (but costs the second pass).
+    # (without it the category signal is averaged away); in reference mode it guides with the
+    # reference encoder's conditioning (without an encoder the conditioning is zero and the
+    # pipeline skips the second pass).
     segments: list[dict[str, Any]] = field(
         default_factory=lambda: [
             {"start": 0.0, "end": 0.25, "adapter_scales": {"apo": 0.5}, "true_cfg_scale": 4.0},
@@ -156,6 +182,7 @@ class Recipe:
     data: DataRecipe = field(default_factory=DataRecipe)
     vae: VAERecipe = field(default_factory=VAERecipe)
     sft: SFTRecipe = field(default_factory=SFTRecipe)
+    refenc: RefEncRecipe = field(default_factory=RefEncRecipe)
     apo: APORecipe = field(default_factory=APORecipe)
     ship: ShipRecipe = field(default_factory=ShipRecipe)
 
@@ -178,10 +205,10 @@ class Recipe:
         return cls.from_dict(data)
 
     def with_steps(self, stage: str, steps: int | None) -> Recipe:
-        """A copy with ``steps`` overridden for one stage (``vae``/``sft``/``apo``) or all."""
+        """A copy with ``steps`` overridden for one stage (``vae``/``sft``/``refenc``/``apo``) or all."""
         if steps is None:
             return self
-        stages = ("vae", "sft", "apo") if stage == "all" else (stage,)
+        stages = ("vae", "sft", "refenc", "apo") if stage == "all" else (stage,)
         out = Recipe.from_dict(self.to_dict())
         for s in stages:
             getattr(out, s).steps = int(steps)

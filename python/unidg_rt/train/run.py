@@ -6,6 +6,7 @@ Layout of the output folder (every stage reads what the previous one wrote)::
     latents.pt             stage sft: precomputed diptych latents (reused by apo)
     sft.safetensors        stage sft: transformer + VAE, float32, no adapters
     embeddings.safetensors stage sft: the learned category table (EmbeddingsCache format)
+    reference_encoder.safetensors  stage sft (jointly trained), refit by stage refenc (float32)
     apo.safetensors        stage apo: the gated LoRA (peft keys + gate.a / gate.b)
     model.safetensors      sft / apo: the shippable checkpoint (float16 storage, card defaults)
     train_report.json      steps, losses, wall time per stage, seed, recipe, environment
@@ -24,11 +25,18 @@ from typing import Any
 import torch
 
 from unidg_rt.train.common import environment, setup_torch, update_report
-from unidg_rt.train.dataset import DiptychSet, LatentSet, build_diptych_set, encode_diptych_set
+from unidg_rt.train.dataset import (
+    DiptychSet,
+    LatentSet,
+    build_diptych_set,
+    encode_diptych_set,
+    training_categories,
+)
 from unidg_rt.train.recipe import Recipe
 
 logger = logging.getLogger(__name__)
-STAGES = ("vae", "sft", "apo")
+STAGES = ("vae", "sft", "refenc", "apo")
+REFERENCE_ENCODER_FILE = "reference_encoder.safetensors"
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -67,6 +75,8 @@ def card_defaults(recipe: Recipe, with_apo: bool) -> dict[str, Any]:
             + ". See train_report.json."
         ),
     }
+    if recipe.sft.ref_width > 0:
+        d["reference_encoder"] = {"file": REFERENCE_ENCODER_FILE}
     if with_apo:
         d["adapters"] = {"apo": {"file": "apo.safetensors", "strength": s.apo_strength}}
         d["segments"] = s.segments
@@ -127,7 +137,7 @@ class Run:
 
     def latents(self, vae) -> LatentSet:
         """Encode once; cached in ``latents.pt`` keyed by seed, data recipe and VAE config."""
-        key = json.dumps({"format": 2, "seed": self.recipe.seed, "data": self.recipe.to_dict()["data"],
+        key = json.dumps({"format": 3, "seed": self.recipe.seed, "data": self.recipe.to_dict()["data"],
                           "vae": vae.config.to_dict()}, sort_keys=True)  # fmt: skip
         cache = self.path("latents.pt")
         if cache.is_file():
@@ -143,6 +153,7 @@ class Run:
     def sft(self):
         from unidg_rt.embeddings import EmbeddingsCache
         from unidg_rt.models.loading import save_checkpoint
+        from unidg_rt.models.refenc import save_reference_encoder
         from unidg_rt.train.sft import fixed_batch_loss, train_sft
         from unidg_rt.train.vae import load_vae_file
 
@@ -159,26 +170,73 @@ class Run:
         EmbeddingsCache.save(self.path("embeddings.safetensors"), table.entries(lat.categories),
                              prompts=_prompts(lat.categories),
                              encoder="unidg-rt learned category table (Diversity-SFT)")  # fmt: skip
+        if table.encoder is not None:
+            save_reference_encoder(self.path(REFERENCE_ENCODER_FILE), table.encoder)
         self._ckpt("sft").unlink(missing_ok=True)
         self._record("sft", {**summary, "params": sum(p.numel() for p in model.parameters()),
-                             "config": tcfg.to_dict(), "table_shape": list(table.embeds.shape)})  # fmt: skip
+                             "config": tcfg.to_dict(), "table_shape": list(table.embeds.shape),
+                             "reference_encoder_params": sum(p.numel() for p in table.encoder.parameters())
+                             if table.encoder is not None else 0})  # fmt: skip
         return model, table
 
-    def apo(self):
+    def _table(self, lat: LatentSet, with_encoder: bool = True):
+        """The SFT stage's category table (frozen), with its reference encoder when there is one."""
         from unidg_rt.embeddings import EmbeddingsCache
+        from unidg_rt.models.refenc import load_reference_encoder
+        from unidg_rt.train.sft import CategoryTable
+
+        cache = EmbeddingsCache.load(self.path("embeddings.safetensors"))
+        e, p = cache.stack(lat.categories)
+        table = CategoryTable(len(lat.categories), e.shape[1], e.shape[2], p.shape[1])
+        table.load_state_dict({"embeds": torch.from_numpy(e), "pooled": torch.from_numpy(p)})
+        if with_encoder and self.recipe.sft.ref_width > 0:
+            table.encoder = load_reference_encoder(self.path(REFERENCE_ENCODER_FILE))
+        return table.requires_grad_(False)
+
+    def refenc(self):
+        """Refit the SFT stage's reference encoder to the frozen table on a fresh reference bank."""
+        from unidg_rt.models.refenc import save_reference_encoder
+        from unidg_rt.train.refenc import (
+            bank_accuracy,
+            build_reference_bank,
+            table_rows,
+            train_reference_encoder,
+        )
+        from unidg_rt.train.vae import load_vae_file
+
+        r = self.recipe
+        if r.sft.ref_width <= 0:
+            logger.info("recipe has no reference encoder (sft.ref_width = 0): stage refenc skipped")
+            return None
+        lat = self.latents(load_vae_file(self.path("vae.safetensors")))
+        table = self._table(lat)
+        t0 = time.perf_counter()
+        cats = training_categories()
+        bank = build_reference_bank(r.data, r.seed, r.refenc.bank_size, cats)
+        held = build_reference_bank(r.data, r.seed, r.refenc.heldout, cats, offset=1 << 40)
+        bank_s = time.perf_counter() - t0
+        rows = table_rows(table)
+        before = bank_accuracy(table.encoder, held, rows)
+        summary = train_reference_encoder(table.encoder, table, bank, r.refenc, r.seed)
+        after = bank_accuracy(table.encoder, held, rows)
+        save_reference_encoder(self.path(REFERENCE_ENCODER_FILE), table.encoder)
+        self._record("refenc", {**summary, "wall_s": round(summary["wall_s"] + bank_s, 1),
+                                "bank_build_s": round(bank_s, 1), "bank_size": len(bank),
+                                "heldout_accuracy_sft_encoder": round(before, 4),
+                                "heldout_accuracy": round(after, 4)})  # fmt: skip
+        logger.info("reference encoder: held-out nearest-row accuracy %.3f -> %.3f", before, after)
+        return table.encoder
+
+    def apo(self):
         from unidg_rt.models.loading import load_transformer, save_checkpoint
         from unidg_rt.train.apo import ADAPTER, train_apo
-        from unidg_rt.train.sft import CategoryTable
         from unidg_rt.train.vae import load_vae_file
 
         r = self.recipe
         vae = load_vae_file(self.path("vae.safetensors"))
         lat = self.latents(vae)
         model = load_transformer(self.path("sft.safetensors"), dtype=torch.float32)
-        cache = EmbeddingsCache.load(self.path("embeddings.safetensors"))
-        e, p = cache.stack(lat.categories)
-        table = CategoryTable(len(lat.categories), e.shape[1], e.shape[2], p.shape[1])
-        table.load_state_dict({"embeds": torch.from_numpy(e), "pooled": torch.from_numpy(p)})
+        table = self._table(lat)
         mgr, summary = train_apo(model, table, lat, r.apo, r.sft, r.seed, self._ckpt("apo"),
                                  r.checkpoint_every_s)  # fmt: skip
         summary.update(apo_eval(model, mgr, lat, table, r))
@@ -196,6 +254,7 @@ class Run:
     def all(self) -> dict[str, Any]:
         self.vae()
         self.sft()
+        self.refenc()
         self.apo()
         return json.loads(self.report.read_text())
 

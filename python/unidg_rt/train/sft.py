@@ -9,11 +9,15 @@ Per sample (FLUX / SD3 rectified flow, FLUX-Fill inputs, exactly the pipeline's 
 
 with ``w = 1`` on ``TARGET_REGION`` tokens and ``context_weight`` elsewhere (paste-back keeps
 only the masked region), plus ``defect_weight`` on tokens that hold ground-truth defect pixels
-(a few tokens per sample; without the boost the model learned to inpaint background only). Batches mix reference mode (zero text embeddings, reference crop on
-the left) and text mode (empty left half, a *learned* per-category embedding table
-``[C, T, D]`` + pooled ``[C, P]`` trained jointly; ``cond_dropout`` of them get zeros so a
-two-pass CFG segment has a meaningful unconditional branch). Token groups and the default
-group-bias table ``T(λ)`` enter attention exactly as in :meth:`UniDGPipeline._static_feed`.
+(a few tokens per sample; without the boost the model learned to inpaint background only).
+Batches mix reference mode (reference crop on the left; its conditioning is the learned
+:class:`~unidg_rt.models.refenc.ReferenceEncoder` of the crop, trained jointly, or zeros without
+one) and text mode (empty left half, a *learned* per-category embedding table ``[C, T, D]`` +
+pooled ``[C, P]`` trained jointly). ``cond_dropout`` of all samples get zero conditioning, so a
+two-pass CFG segment has a meaningful unconditional branch in both modes. With an encoder,
+``ref_align · ‖enc(ref) - sg(table[category])‖²`` on reference-mode samples ties its output to
+the table (the category labels are the only supervision the tiny data has). Token groups and the
+default group-bias table ``T(λ)`` enter attention exactly as in :meth:`UniDGPipeline._static_feed`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch import nn
 from unidg_rt.groups import TokenGroup, default_group_bias, text_token_groups
 from unidg_rt.models.config import FluxConfig
 from unidg_rt.models.mmdit import FluxTransformer
+from unidg_rt.models.refenc import ReferenceEncoder, ReferenceEncoderConfig
 from unidg_rt.runtime.backend import latent_image_ids, pack_latents
 from unidg_rt.sampling import calculate_shift, scale_noise
 from unidg_rt.train.common import Checkpointer, LossLog, cosine_lr, load_checkpoint_state, set_lr, step_rng
@@ -41,17 +46,43 @@ logger = logging.getLogger(__name__)
 
 
 class CategoryTable(nn.Module):
-    """Learned "text" conditioning per defect category: ``[C, T, D]`` + pooled ``[C, P]``."""
+    """Learned "text" conditioning per defect category: ``[C, T, D]`` + pooled ``[C, P]``, and
+    the optional reference encoder that conditions reference-mode samples."""
 
-    def __init__(self, num: int, seq_len: int, dim: int, pooled_dim: int, init_std: float = 0.5):
+    def __init__(self, num: int, seq_len: int, dim: int, pooled_dim: int, init_std: float = 0.5,
+                 encoder: ReferenceEncoder | None = None):  # fmt: skip
         super().__init__()
         self.embeds = nn.Parameter(torch.randn(num, seq_len, dim) * init_std)
         self.pooled = nn.Parameter(torch.randn(num, pooled_dim) * init_std)
+        self.encoder = encoder
 
     def forward(self, category: torch.Tensor, use: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of ``category [B]`` where ``use [B]`` (text mode), zeros elsewhere (reference mode)."""
         u = use.to(self.embeds.dtype)
         return self.embeds[category] * u[:, None, None], self.pooled[category] * u[:, None]
+
+    def condition(self, lat: LatentSet, idx, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditioning ``([B, T, D], [B, P])`` of samples ``idx`` as the pipeline feeds it:
+        text-mode rows their category row, reference-mode rows the encoder's output of their
+        reference crop (zeros without an encoder), zeros where ``keep [B]`` is False."""
+        idx_t = torch.as_tensor(idx)
+        text = lat.text_mode[idx_t]
+        embeds, pooled = self(lat.category[idx_t], keep & text)
+        ref = keep & ~text
+        if self.encoder is None or lat.reference is None or not bool(ref.any()):
+            return embeds, pooled
+        e_r, p_r = self.encoder(lat.reference_input(idx_t))  # [B, T, D], [B, P]
+        return torch.where(ref[:, None, None], e_r, embeds), torch.where(ref[:, None], p_r, pooled)
+
+    def alignment(self, lat: LatentSet, idx) -> torch.Tensor:
+        """``[B]``: ``mean ‖enc(ref) - sg(embeds[c])‖² + mean ‖pooled_enc - sg(pooled[c])‖²`` on
+        reference-mode samples, 0 on text-mode ones."""
+        idx_t = torch.as_tensor(idx)
+        e_r, p_r = self.encoder(lat.reference_input(idx_t))
+        cat = lat.category[idx_t]
+        err = (e_r - self.embeds[cat].detach()).pow(2).mean(dim=(1, 2))
+        err = err + (p_r - self.pooled[cat].detach()).pow(2).mean(dim=1)
+        return err * (~lat.text_mode[idx_t]).float()
 
     def entries(self, names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         e, p = self.embeds.detach().cpu().numpy(), self.pooled.detach().cpu().numpy()
@@ -77,15 +108,15 @@ class FlowBatch:
     target: torch.Tensor  # [B, N_img, 64]: noise - x0
     weights: torch.Tensor  # [B, N_img]
     noise: torch.Tensor  # [B, N_img, 64]: the draw behind ``target`` (loser batches reuse it)
+    index: np.ndarray | None = None  # [B]: the samples' rows in the LatentSet
 
     def with_x0(self, x0: torch.Tensor) -> FlowBatch:
         """The same noise, sigma and conditioning around another clean latent ``x0 [B, N_img, 64]``."""
         z = scale_noise(x0, self.noise, self.sigma[:, None, None])
         hidden = self.feed["hidden_states"]  # [B, N_img, 64 + 320]
         feed = {**self.feed, "hidden_states": torch.cat([z, hidden[..., z.shape[-1] :]], dim=2)}
-        return FlowBatch(
-            feed=feed, sigma=self.sigma, target=self.noise - x0, weights=self.weights, noise=self.noise
-        )
+        return FlowBatch(feed=feed, sigma=self.sigma, target=self.noise - x0, weights=self.weights,
+                         noise=self.noise, index=self.index)  # fmt: skip
 
 
 def sample_sigmas(
@@ -102,7 +133,7 @@ def sample_sigmas(
 def flow_batch(
     lat: LatentSet,
     idx: np.ndarray,
-    use_text: torch.Tensor,
+    use: torch.Tensor,
     table: CategoryTable,
     gen: torch.Generator,
     *,
@@ -114,7 +145,8 @@ def flow_batch(
     logit_std: float = 1.0,
     time_shift: bool = True,
 ) -> FlowBatch:
-    """Model inputs for samples ``idx``; ``use_text [B]`` selects the category embedding rows."""
+    """Model inputs for samples ``idx``; ``use [B]``: conditioning kept (False = zeros, the
+    unconditional branch); see :meth:`CategoryTable.condition`."""
     idx_t = torch.as_tensor(idx)
     b = len(idx)
     _, _, h, w = lat.x0.shape
@@ -124,7 +156,7 @@ def flow_batch(
     noise = torch.randn(x0.shape, generator=gen)
     sigma = sample_sigmas(b, gen, logit_mean, logit_std, n_img if time_shift else None)
     z = scale_noise(x0, noise, sigma[:, None, None])
-    embeds, pooled = table(lat.category[idx_t], use_text)
+    embeds, pooled = table.condition(lat, idx_t, use)
     t_len = embeds.shape[1]
     groups = lat.groups[idx_t]  # [B, N_img]
     feed = {
@@ -144,7 +176,9 @@ def flow_batch(
     weights = torch.where(groups == int(TokenGroup.TARGET_REGION), 1.0, float(context_weight))
     if defect_weight and lat.defect is not None:  # tokens holding defect pixels: the rare, hard part
         weights = weights + float(defect_weight) * (lat.defect[idx_t] > 0).float()
-    return FlowBatch(feed=feed, sigma=sigma, target=noise - x0, weights=weights, noise=noise)
+    return FlowBatch(
+        feed=feed, sigma=sigma, target=noise - x0, weights=weights, noise=noise, index=np.asarray(idx)
+    )
 
 
 def predict(model: FluxTransformer, batch: FlowBatch) -> torch.Tensor:
@@ -161,7 +195,7 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
 def draw_indices(
     lat: LatentSet, rng: np.random.Generator, batch: int, text_fraction: float, cond_dropout: float
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """A mixed batch: indices and ``use_text`` (text mode and not dropped)."""
+    """A mixed batch: indices and ``keep`` (conditioning not dropped)."""
     text_idx, ref_idx = lat.indices(True), lat.indices(False)
     is_text = rng.random(batch) < text_fraction
     if len(text_idx) == 0:
@@ -174,7 +208,7 @@ def draw_indices(
         ref_idx[rng.integers(0, max(1, len(ref_idx)), batch)] if len(ref_idx) else 0,
     )
     keep = rng.random(batch) >= cond_dropout
-    return idx, torch.from_numpy(is_text & keep)
+    return idx, torch.from_numpy(keep)
 
 
 def sft_step_batch(
@@ -194,8 +228,13 @@ def new_sft_models(config: FluxConfig, lat: LatentSet, text_seq_len: int, recipe
     torch.manual_seed(seed)
     model = FluxTransformer(config)
     init_dit(model)
+    encoder = None
+    if recipe.ref_width > 0 and lat.reference is not None:
+        encoder = ReferenceEncoder(ReferenceEncoderConfig(
+            seq_len=text_seq_len, dim=config.joint_attention_dim, pooled_dim=config.pooled_projection_dim,
+            width=recipe.ref_width, image_size=int(lat.reference.shape[1])))  # fmt: skip
     table = CategoryTable(len(lat.categories), text_seq_len, config.joint_attention_dim,
-                          config.pooled_projection_dim, recipe.embed_init_std)  # fmt: skip
+                          config.pooled_projection_dim, recipe.embed_init_std, encoder)  # fmt: skip
     return model, table
 
 
@@ -217,11 +256,16 @@ def train_sft(
             {"params": decay, "weight_decay": recipe.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
             {
-                "params": list(table.parameters()),
+                "params": [table.embeds, table.pooled],
                 "weight_decay": 0.0,
                 "lr_scale": recipe.embed_lr / recipe.lr,
             },
-        ],
+        ]
+        + (
+            [{"params": list(table.encoder.parameters()), "weight_decay": recipe.weight_decay}]
+            if table.encoder is not None
+            else []
+        ),  # fmt: skip
         lr=recipe.lr,
     )
     log = LossLog("sft", recipe.steps)
@@ -244,6 +288,8 @@ def train_sft(
         batch = sft_step_batch(lat, table, recipe, seed, step)
         set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup, recipe.min_lr_frac))
         loss = weighted_mse(predict(model, batch), batch.target, batch.weights).mean()
+        if table.encoder is not None and recipe.ref_align:
+            loss = loss + recipe.ref_align * table.alignment(lat, batch.index).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)

@@ -17,6 +17,9 @@ from unidg_rt.train.recipe import ShipRecipe
 logger = logging.getLogger(__name__)
 
 SHIPPED_FILES = ("model.safetensors", "embeddings.safetensors", "apo.safetensors", "train_report.json")
+OPTIONAL_FILES = (
+    "reference_encoder.safetensors",
+)  #: shipped when the run has one (recipe sft.ref_width > 0)
 MAX_ASSET_BYTES = 25_000_000
 
 
@@ -58,14 +61,15 @@ def ship_assets(
         report_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     dest = Path(dest) if dest is not None else default_assets_dir()
     missing = [f for f in SHIPPED_FILES if not (Path(out) / f).is_file()]
+    files = list(SHIPPED_FILES) + [f for f in OPTIONAL_FILES if (Path(out) / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{out} lacks {missing}: run `unidg-rt train all --out {out}` first")
-    total = sum((Path(out) / f).stat().st_size for f in SHIPPED_FILES)
+    total = sum((Path(out) / f).stat().st_size for f in files)
     if total > max_bytes:
         raise ValueError(f"shipped files total {total / 1e6:.1f} MB > {max_bytes / 1e6:.0f} MB budget")
     dest.mkdir(parents=True, exist_ok=True)
     sizes = {}
-    for name in SHIPPED_FILES:
+    for name in files:
         tmp = dest / f".{name}.tmp"
         shutil.copyfile(Path(out) / name, tmp)
         tmp.replace(dest / name)
