@@ -60,6 +60,17 @@ def test_pixels_to_input_uint8_float_and_resize():
     assert pixels_to_input(u8[:, :16, :16], 32).shape == (2, 3, 32, 32)
 
 
+def test_cut_out_grays_outside_the_mask():
+    from unidg_rt.models.refenc import cut_out
+
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[:, 2:5, 3:6] = True
+    y = cut_out(x, mask)
+    assert torch.equal(y[:, :, 2:5, 3:6], x[:, :, 2:5, 3:6])
+    assert (y.permute(0, 2, 3, 1)[~mask] == 0).all()  # 0 in [-1, 1] = the runtime's 0.5 gray
+
+
 def test_torch_runner_equals_the_module():
     enc = _encoder()
     crop = np.random.default_rng(1).random((32, 32, 3)).astype(np.float32)

@@ -300,6 +300,17 @@ def test_reference_encoder_conditions_reference_mode_only(encoder_checkpoint, sa
     pipe(img, mask, defect_category="hole", seed=0, output_type="np")
     pipe(img, mask, ref, rmask, defect_category="hole", seed=0, output_type="np")
     assert len(calls) == 1  # text mode, or a category given with the reference: no encoder call
+    # a card with the cut-out convention: the encoder gets the crop gray outside the reference mask
+    pipe.defaults["reference_encoder"] = {**pipe.defaults["reference_encoder"], "cutout": True}
+    seen = []
+    pipe.reference_encoder.encode = lambda crop: seen.append(crop) or encode(crop)
+    pipe(img, mask, ref, rmask, seed=0, output_type="np")
+    from unidg_rt.diptych import MASKED_VALUE
+
+    assert np.array_equal(
+        seen[0], np.where(dip.reference_mask[..., None] > 0, dip.image[:, :64], MASKED_VALUE)
+    )
+    assert (seen[0][dip.reference_mask == 0] == MASKED_VALUE).all() and dip.reference_mask.any()
     pipe.reference_encoder = None  # without it reference mode is zero-conditioned, as before
     without = pipe(img, mask, ref, rmask, seed=0, output_type="np")
     assert not np.array_equal(without.images, with_enc.images)

@@ -123,6 +123,18 @@ def test_reference_rows_are_conditioned_by_the_encoder(tiny_latents):
     # the reference crop is the diptych's left half, pixel for pixel
     x = lat.reference_input(idx)
     assert x.shape == (len(idx), 3, 32, 32) and float(x.min()) >= -1 and float(x.max()) <= 1
+    # an encoder with the cut-out convention gets the crop gray outside the reference mask
+    import dataclasses
+
+    from unidg_rt.models.refenc import cut_out
+
+    table.encoder.config = dataclasses.replace(table.encoder.config, cutout=True)
+    b = flow_batch(lat, idx, keep, table, torch.Generator().manual_seed(0), guidance=3.5,
+                   group_bias_lambda=1.0, context_weight=0.1)  # fmt: skip
+    with torch.no_grad():
+        e_cut, _ = table.encoder(cut_out(x, lat.reference_mask[torch.as_tensor(idx)]))
+    ref = (~lat.text_mode).numpy() & keep.numpy()
+    torch.testing.assert_close(b.feed["encoder_hidden_states"][ref], e_cut[ref])
 
 
 def test_alignment_is_the_hand_computation(tiny_latents):

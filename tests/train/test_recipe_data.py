@@ -41,6 +41,9 @@ def test_diptychs_match_the_pipeline_composition(tiny_diptychs):
     ref_groups = d.groups[~d.text_mode]
     assert (ref_groups == TokenGroup.REF_DEFECT).any(axis=1).all()
     assert not (d.groups[d.text_mode] == TokenGroup.REF_DEFECT).any()
+    # reference masks of the left half: present in reference mode, empty in text mode
+    assert d.reference_mask.shape == (8, s, s)
+    assert d.reference_mask[~d.text_mode].any(axis=(1, 2)).all() and not d.reference_mask[d.text_mode].any()
     # packed mask = runtime packing
     np.testing.assert_array_equal(d.packed_masks()[0], pack_mask(d.inpaint[0].astype(np.float32)) > 0.5)
 

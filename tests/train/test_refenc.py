@@ -50,6 +50,14 @@ def test_bank_is_seeded_and_cropped_like_the_pipeline():
     assert np.array_equal(a.pixels[1], np.round(dip.image[:, :32] * 255).astype(np.uint8))
 
 
+def test_bank_masks_and_cutout_input():
+    bank = _bank()
+    assert bank.masks.shape == (6, 32, 32) and bank.masks.any(axis=(1, 2)).all()
+    x, cut = bank.inputs([0, 1]), bank.inputs([0, 1], cutout=True)
+    m = torch.from_numpy(bank.masks[[0, 1]])[:, None].expand_as(x)
+    assert torch.equal(cut[m], x[m]) and (cut[~m] == 0).all()
+
+
 def test_augmentation_only_turns_and_flips():
     bank = _bank()
     x = bank.inputs([0, 1])
@@ -75,8 +83,10 @@ def test_training_decreases_the_loss_and_leaves_the_table():
     table, enc = _table_and_encoder()
     before = table_rows(table).clone()
     bank = _bank(12)
-    recipe = RefEncRecipe(steps=30, batch_size=12, warmup=1, lr=3e-3, augment=False)
+    recipe = RefEncRecipe(steps=30, batch_size=12, warmup=1, lr=3e-3, augment=False, cutout=False)
     summary = train_reference_encoder(enc, table, bank, recipe, seed=0)
     assert summary["loss_end"] < summary["loss_start"]
     assert torch.equal(table_rows(table), before)
-    assert not any(p.requires_grad for p in enc.parameters())
+    assert not any(p.requires_grad for p in enc.parameters()) and not enc.config.cutout
+    train_reference_encoder(enc, table, bank, RefEncRecipe(steps=1, batch_size=4), seed=0)
+    assert enc.config.cutout  # the recipe default: the encoder now expects cut-out crops

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from unidg_rt.diptych import Diptych, prepare_diptych
+from unidg_rt.diptych import MASKED_VALUE, Diptych, prepare_diptych
 from unidg_rt.embeddings import EmbeddingsCache
 from unidg_rt.errors import ConfigError, InvalidInputError
 from unidg_rt.groups import NUM_GROUPS, default_group_bias, text_token_groups
@@ -358,7 +358,10 @@ class UniDGPipeline:
         text_given = any(x is not None for x in (prompt, prompt_embeds, defect_category))
         if self.reference_encoder is not None and not dip.is_text_mode and not text_given:
             # the learned reference encoder fills the text slots + pooled vector from the crop
-            embeds, pooled = self.reference_encoder.encode(dip.image[:, : dip.width])
+            crop = dip.image[:, : dip.width]  # [H, W, 3]
+            if (d.get("reference_encoder") or {}).get("cutout"):  # its input convention: cut out
+                crop = np.where(dip.reference_mask[..., None] > 0, crop, np.float32(MASKED_VALUE))
+            embeds, pooled = self.reference_encoder.encode(crop)
             embeds, pooled = np.asarray(embeds, np.float32), np.asarray(pooled, np.float32)
         if self.image_prompt_encoder is not None and not dip.is_text_mode:
             # Redux: reference-crop tokens appended after the text slots (Insert-Anything layout)

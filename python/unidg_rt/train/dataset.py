@@ -50,6 +50,7 @@ class DiptychSet:
     category: np.ndarray  # int64 [N]: row of the category table
     text_mode: np.ndarray  # bool [N]
     categories: list[str]  # normalised names of the table rows
+    reference_mask: np.ndarray | None = None  # bool [N, H, W]: reference mask in the left half
 
     def __len__(self) -> int:
         return int(self.image_gt.shape[0])
@@ -107,7 +108,8 @@ def _pair_samples(pair, category_row: int, size: int, crop: dict | None = None) 
             dip = prepare_diptych(tgt.normal, tgt.mask, height=size, width=size, **kwargs)
             gt = prepare_diptych(tgt.abnormal, tgt.mask, height=size, width=size, **kwargs)
             out.append((_quantise(gt.image), _quantise(dip.image), dip.inpaint_mask > 0.5,
-                        dip.token_groups.astype(np.int8), category_row, text))  # fmt: skip
+                        dip.token_groups.astype(np.int8), category_row, text,
+                        dip.reference_mask.astype(bool)))  # fmt: skip
     return out
 
 
@@ -129,12 +131,12 @@ def build_diptych_set(recipe: DataRecipe, seed: int, num_pairs: int | None = Non
             int(rng.integers(0, 2**62)), cats[i % len(cats)], ref_surface, tgt_surface, recipe.source_size
         )
         rows.extend(_pair_samples(pair, i % len(cats), recipe.gen_size, recipe.crop))
-    gt, masked, inpaint, groups, cat, text = zip(*rows, strict=True)
+    gt, masked, inpaint, groups, cat, text, ref_mask = zip(*rows, strict=True)
     logger.info("built %d diptychs (%d pairs, %dx%d)", len(gt), n, recipe.gen_size, 2 * recipe.gen_size)
     return DiptychSet(
         image_gt=np.stack(gt), image_masked=np.stack(masked), inpaint=np.stack(inpaint),
         groups=np.stack(groups), category=np.asarray(cat, np.int64), text_mode=np.asarray(text, bool),
-        categories=[normalize_category(c) for c in cats],
+        categories=[normalize_category(c) for c in cats], reference_mask=np.stack(ref_mask),
     )  # fmt: skip
 
 
@@ -151,6 +153,7 @@ class LatentSet:
     categories: list[str]
     defect: torch.Tensor | None = None  # float32 [N, N_img]: defect pixel fraction per token
     reference: torch.Tensor | None = None  # uint8 [N, S, S, 3]: left half (the reference crop) pixels
+    reference_mask: torch.Tensor | None = None  # bool [N, S, S]: the reference mask in that crop
 
     def __len__(self) -> int:
         return int(self.x0.shape[0])
@@ -168,11 +171,19 @@ class LatentSet:
     def indices(self, text: bool) -> np.ndarray:
         return np.flatnonzero(self.text_mode.numpy() == text)
 
-    def reference_input(self, idx) -> torch.Tensor:
+    def reference_input(self, idx, cutout: bool = False) -> torch.Tensor:
         """The reference crops of samples ``idx`` as the reference encoder's input ``[B, 3, S, S]``
-        in [-1, 1] (text-mode rows hold their gray left half)."""
-        x = self.reference[torch.as_tensor(idx)].float() / 255.0  # [B, S, S, 3]
-        return x.permute(0, 3, 1, 2) * 2 - 1
+        in [-1, 1] (text-mode rows hold their gray left half); ``cutout``: gray outside the
+        reference mask (:func:`unidg_rt.models.refenc.cut_out`)."""
+        idx = torch.as_tensor(idx)
+        x = (self.reference[idx].float() / 255.0).permute(0, 3, 1, 2) * 2 - 1  # [B, 3, S, S]
+        if not cutout:
+            return x
+        if self.reference_mask is None:
+            raise ValueError("cutout needs LatentSet.reference_mask (rebuild the latents)")
+        from unidg_rt.models.refenc import cut_out
+
+        return cut_out(x, self.reference_mask[idx])
 
 
 @torch.no_grad()
@@ -190,4 +201,5 @@ def encode_diptych_set(vae, dset: DiptychSet, batch: int = 32) -> LatentSet:
         text_mode=torch.from_numpy(dset.text_mode), categories=list(dset.categories),
         defect=torch.from_numpy(dset.defect_fraction()),
         reference=torch.from_numpy(np.ascontiguousarray(dset.image_gt[:, :, : dset.size])),
+        reference_mask=torch.from_numpy(dset.reference_mask) if dset.reference_mask is not None else None,
     )  # fmt: skip

@@ -103,7 +103,7 @@ class RefEncRecipe:
 
     bank_size: int = 8000  # training reference crops (the SFT set has 1600)
     heldout: int = 500  # crops of a disjoint seed stream, for the reported accuracy
-    steps: int = 3000
+    steps: int = 5000  # 3000 steps: held-out accuracy 40 % (train 49 %: still under-fitted)
     batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 50
@@ -113,6 +113,9 @@ class RefEncRecipe:
     tau: float = 0.05  # temperature of the prototype logits -mean (v - t_c)^2 / tau
     align: float = 1.0  # + align · mean (v - t_y)^2
     augment: bool = True  # random flips / 90° turns
+    # the encoder sees the reference cut out (gray outside its mask): held-out accuracy 55 % vs
+    # 40 % on the full crop (3000 steps, measured); the card tells the pipeline to do the same
+    cutout: bool = True
 
 
 @dataclass

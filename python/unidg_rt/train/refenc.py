@@ -17,6 +17,7 @@ The transformer is frozen and not used; the table is the SFT stage's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unidg_rt.models.refenc import ReferenceEncoder
+from unidg_rt.models.refenc import ReferenceEncoder, cut_out
 from unidg_rt.train.common import LossLog, cosine_lr, set_lr, stage_seed, step_rng
 
 logger = logging.getLogger(__name__)
@@ -35,14 +36,19 @@ logger = logging.getLogger(__name__)
 class ReferenceBank:
     pixels: np.ndarray  # uint8 [N, S, S, 3]: reference crops as the diptych's left half
     category: np.ndarray  # int64 [N]: row of the category table
+    masks: np.ndarray | None = None  # bool [N, S, S]: the reference mask in the crop
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
 
-    def inputs(self, idx, rng: np.random.Generator | None = None) -> torch.Tensor:
-        """``[B, 3, S, S]`` in [-1, 1]; with ``rng`` each crop gets a random flip / 90° turn."""
-        x = torch.from_numpy(self.pixels[np.asarray(idx)]).float().div(255.0)  # [B, S, S, 3]
+    def inputs(self, idx, rng: np.random.Generator | None = None, cutout: bool = False) -> torch.Tensor:
+        """``[B, 3, S, S]`` in [-1, 1] (``cutout``: gray outside the mask, :func:`cut_out`); with
+        ``rng`` each crop gets a random flip / 90° turn."""
+        idx = np.asarray(idx)
+        x = torch.from_numpy(self.pixels[idx]).float().div(255.0)  # [B, S, S, 3]
         x = x.permute(0, 3, 1, 2) * 2 - 1
+        if cutout:
+            x = cut_out(x, torch.from_numpy(self.masks[idx]))
         if rng is None:
             return x
         out = []
@@ -59,7 +65,7 @@ def build_reference_bank(data, seed: int, num: int, categories: list[str], offse
     from unidg_rt.diptych import prepare_diptych
 
     s = data.gen_size
-    pix, cat = [], []
+    pix, cat, masks = [], [], []
     for i in range(num):
         rng = np.random.default_rng(stage_seed(seed, "refbank", offset + i))
         c = i % len(categories)
@@ -68,7 +74,8 @@ def build_reference_bank(data, seed: int, num: int, categories: list[str], offse
         dip = prepare_diptych(q.normal, q.mask, q.abnormal, q.mask, height=s, width=s, **data.crop)
         pix.append(np.clip(np.round(dip.image[:, :s] * 255.0), 0, 255).astype(np.uint8))
         cat.append(c)
-    return ReferenceBank(np.stack(pix), np.asarray(cat, np.int64))
+        masks.append(dip.reference_mask.astype(bool))
+    return ReferenceBank(np.stack(pix), np.asarray(cat, np.int64), np.stack(masks))
 
 
 def prototype_logits(encoder: ReferenceEncoder, x: torch.Tensor, rows: torch.Tensor, tau: float):
@@ -91,13 +98,16 @@ def bank_accuracy(
     hits = 0
     for s in range(0, len(bank), batch):
         idx = np.arange(s, min(s + batch, len(bank)))
-        logits, _ = prototype_logits(encoder, bank.inputs(idx), rows, 1.0)
+        logits, _ = prototype_logits(encoder, bank.inputs(idx, cutout=encoder.config.cutout), rows, 1.0)
         hits += int((logits.argmax(1).numpy() == bank.category[idx]).sum())
     return hits / max(1, len(bank))
 
 
 def train_reference_encoder(encoder: ReferenceEncoder, table, bank: ReferenceBank, recipe, seed: int):
-    """Fit ``encoder`` (in place) to the frozen ``table`` on ``bank``; returns a summary."""
+    """Fit ``encoder`` (in place) to the frozen ``table`` on ``bank``; returns a summary. With
+    ``recipe.cutout`` the encoder's config switches to the cut-out input convention first."""
+    if recipe.cutout:
+        encoder.config = dataclasses.replace(encoder.config, cutout=True)
     rows = table_rows(table)
     encoder.train().requires_grad_(True)
     opt = torch.optim.AdamW(encoder.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -107,9 +117,8 @@ def train_reference_encoder(encoder: ReferenceEncoder, table, bank: ReferenceBan
         rng, _ = step_rng(seed, "refenc", step)
         idx = rng.integers(0, len(bank), recipe.batch_size)
         set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup, recipe.min_lr_frac))
-        logits, v = prototype_logits(
-            encoder, bank.inputs(idx, rng if recipe.augment else None), rows, recipe.tau
-        )
+        x = bank.inputs(idx, rng if recipe.augment else None, cutout=encoder.config.cutout)
+        logits, v = prototype_logits(encoder, x, rows, recipe.tau)
         y = torch.from_numpy(bank.category[idx])
         loss = nn.functional.cross_entropy(logits, y) + recipe.align * (v - rows[y]).pow(2).mean()
         opt.zero_grad(set_to_none=True)

@@ -54,8 +54,9 @@ def arch_configs(recipe: Recipe):
     return tfn(), vcfg
 
 
-def card_defaults(recipe: Recipe, with_apo: bool) -> dict[str, Any]:
-    """The ``defaults`` of the model card (read by :class:`UniDGPipeline`)."""
+def card_defaults(recipe: Recipe, with_apo: bool, reference_cutout: bool = False) -> dict[str, Any]:
+    """The ``defaults`` of the model card (read by :class:`UniDGPipeline`); ``reference_cutout``:
+    the reference encoder's input convention (its config's ``cutout``)."""
     s = recipe.ship
     d: dict[str, Any] = {
         "height": recipe.data.gen_size,
@@ -76,7 +77,7 @@ def card_defaults(recipe: Recipe, with_apo: bool) -> dict[str, Any]:
         ),
     }
     if recipe.sft.ref_width > 0:
-        d["reference_encoder"] = {"file": REFERENCE_ENCODER_FILE}
+        d["reference_encoder"] = {"file": REFERENCE_ENCODER_FILE, "cutout": bool(reference_cutout)}
     if with_apo:
         d["adapters"] = {"apo": {"file": "apo.safetensors", "strength": s.apo_strength}}
         d["segments"] = s.segments
@@ -143,7 +144,11 @@ class Run:
         if cache.is_file():
             blob = torch.load(cache, map_location="cpu", weights_only=False)
             if blob.get("key") == key:
-                return LatentSet(**blob["latents"])
+                lat = LatentSet(**blob["latents"])
+                if lat.reference_mask is None:  # a cache from before reference masks were kept
+                    lat.reference_mask = torch.from_numpy(self.diptychs().reference_mask)
+                    torch.save({"key": key, "latents": lat.__dict__}, cache)
+                return lat
         t0 = time.perf_counter()
         lat = encode_diptych_set(vae, self.diptychs(), self.recipe.data.encode_batch)
         torch.save({"key": key, "latents": lat.__dict__}, cache)
@@ -164,8 +169,9 @@ class Run:
         model, table, summary = train_sft(lat, r.sft, tcfg, r.seed, r.data.text_seq_len, self._ckpt("sft"),
                                           r.checkpoint_every_s)  # fmt: skip
         summary["fixed_batch_loss"] = round(fixed_batch_loss(model, lat, table, r.sft, r.seed), 5)
-        save_checkpoint(self.path("sft.safetensors"), model, vae, defaults=card_defaults(r, with_apo=False))
-        save_checkpoint(self.path("model.safetensors"), model, vae, defaults=card_defaults(r, with_apo=False),
+        defaults = card_defaults(r, with_apo=False)  # the joint encoder sees whole crops
+        save_checkpoint(self.path("sft.safetensors"), model, vae, defaults=defaults)
+        save_checkpoint(self.path("model.safetensors"), model, vae, defaults=defaults,
                         dtype=_DTYPES[r.ship.storage_dtype])  # fmt: skip
         EmbeddingsCache.save(self.path("embeddings.safetensors"), table.entries(lat.categories),
                              prompts=_prompts(lat.categories),
@@ -242,7 +248,8 @@ class Run:
         summary.update(apo_eval(model, mgr, lat, table, r))
         mgr.save(ADAPTER, self.path("apo.safetensors"))
         mgr.detach()
-        save_checkpoint(self.path("model.safetensors"), model, vae, defaults=card_defaults(r, with_apo=True),
+        cutout = table.encoder is not None and table.encoder.config.cutout
+        save_checkpoint(self.path("model.safetensors"), model, vae, defaults=card_defaults(r, True, cutout),
                         dtype=_DTYPES[r.ship.storage_dtype])  # fmt: skip
         self._ckpt("apo").unlink(missing_ok=True)
         lora_params = (

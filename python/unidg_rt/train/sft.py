@@ -71,14 +71,14 @@ class CategoryTable(nn.Module):
         ref = keep & ~text
         if self.encoder is None or lat.reference is None or not bool(ref.any()):
             return embeds, pooled
-        e_r, p_r = self.encoder(lat.reference_input(idx_t))  # [B, T, D], [B, P]
+        e_r, p_r = self.encoder(lat.reference_input(idx_t, self.encoder.config.cutout))  # [B, T, D], [B, P]
         return torch.where(ref[:, None, None], e_r, embeds), torch.where(ref[:, None], p_r, pooled)
 
     def alignment(self, lat: LatentSet, idx) -> torch.Tensor:
         """``[B]``: ``mean ‖enc(ref) - sg(embeds[c])‖² + mean ‖pooled_enc - sg(pooled[c])‖²`` on
         reference-mode samples, 0 on text-mode ones."""
         idx_t = torch.as_tensor(idx)
-        e_r, p_r = self.encoder(lat.reference_input(idx_t))
+        e_r, p_r = self.encoder(lat.reference_input(idx_t, self.encoder.config.cutout))
         cat = lat.category[idx_t]
         err = (e_r - self.embeds[cat].detach()).pow(2).mean(dim=(1, 2))
         err = err + (p_r - self.pooled[cat].detach()).pow(2).mean(dim=1)

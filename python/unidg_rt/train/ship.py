@@ -54,7 +54,9 @@ def ship_assets(
     if recipe is not None:
         from unidg_rt.train.run import card_defaults
 
-        rewrite_card_defaults(Path(out) / "model.safetensors", card_defaults(recipe, with_apo=True))
+        enc_file = Path(out) / "reference_encoder.safetensors"
+        cutout = enc_file.is_file() and _encoder_cutout(enc_file)
+        rewrite_card_defaults(Path(out) / "model.safetensors", card_defaults(recipe, True, cutout))
         report_path = Path(out) / "train_report.json"
         report = json.loads(report_path.read_text())
         report.setdefault("recipe", {})["ship"] = recipe.to_dict()["ship"]
@@ -76,6 +78,12 @@ def ship_assets(
         sizes[name] = (dest / name).stat().st_size
     logger.info("shipped %s to %s (%.2f MB)", list(sizes), dest, sum(sizes.values()) / 1e6)
     return sizes
+
+
+def _encoder_cutout(path: Path) -> bool:
+    from unidg_rt.models.refenc import load_reference_encoder
+
+    return bool(load_reference_encoder(path).config.cutout)
 
 
 def sample_pair(recipe: ShipRecipe):
