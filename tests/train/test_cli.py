@@ -35,6 +35,7 @@ def test_train_cli_tiny(tmp_path):
     pipe = UniDGPipeline.from_pretrained(out / "model.safetensors")
     assert "apo" in pipe.backend.adapters.adapters and pipe.defaults["segments"]
     assert pipe.reference_encoder is not None  # the card names the learned reference encoder
+    assert pipe.defaults["reference_encoder"]["cutout"]  # refitted by stage refenc on cut-out crops
     folder = UniDGPipeline.from_pretrained(out)  # the run folder itself loads the same model
     assert "apo" in folder.backend.adapters.adapters and folder.defaults == pipe.defaults
 

@@ -150,3 +150,15 @@ def test_two_seeded_runs_give_identical_weights(tmp_path, tiny_recipe):
     assert 0.0 <= report["stages"]["refenc"]["heldout_accuracy"] <= 1.0
     for stage in ("vae", "sft", "refenc", "apo"):
         assert report["stages"][stage]["steps"] == 2 and report["stages"][stage]["loss_end"] is not None
+
+
+def test_refenc_stage_keeps_the_card_in_step(tmp_path, tiny_recipe):
+    from unidg_rt.models.loading import read_card
+    from unidg_rt.train.run import run_stage
+
+    for stage in ("vae", "sft"):
+        run_stage(stage, tiny_recipe(), tmp_path)
+    card = read_card(tmp_path / "model.safetensors")
+    assert card.defaults["reference_encoder"] == {"file": "reference_encoder.safetensors", "cutout": False}
+    run_stage("refenc", tiny_recipe(), tmp_path)  # refits on cut-out crops: the SFT-stage card follows
+    assert read_card(tmp_path / "model.safetensors").defaults["reference_encoder"]["cutout"] is True

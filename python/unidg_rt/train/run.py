@@ -178,6 +178,7 @@ class Run:
                              encoder="unidg-rt learned category table (Diversity-SFT)")  # fmt: skip
         if table.encoder is not None:
             save_reference_encoder(self.path(REFERENCE_ENCODER_FILE), table.encoder)
+        _sync_card_cutout(self.path("model.safetensors"), table.encoder.config.cutout)
         self._ckpt("sft").unlink(missing_ok=True)
         self._record("sft", {**summary, "params": sum(p.numel() for p in model.parameters()),
                              "config": tcfg.to_dict(), "table_shape": list(table.embeds.shape),
@@ -226,6 +227,7 @@ class Run:
         summary = train_reference_encoder(table.encoder, table, bank, r.refenc, r.seed)
         after = bank_accuracy(table.encoder, held, rows)
         save_reference_encoder(self.path(REFERENCE_ENCODER_FILE), table.encoder)
+        _sync_card_cutout(self.path("model.safetensors"), table.encoder.config.cutout)
         self._record("refenc", {**summary, "wall_s": round(summary["wall_s"] + bank_s, 1),
                                 "bank_build_s": round(bank_s, 1), "bank_size": len(bank),
                                 "heldout_accuracy_sft_encoder": round(before, 4),
@@ -285,6 +287,19 @@ def apo_eval(model, mgr, lat, table, recipe: Recipe, n_batches: int = 6) -> dict
         on.append(float(err_theta.mean()))
         off.append(float(err_ref.mean()))
     return {"eval_err_sft": round(sum(off) / len(off), 5), "eval_err_sft_apo": round(sum(on) / len(on), 5)}
+
+
+def _sync_card_cutout(model_file: Path, cutout: bool) -> None:
+    """Keep an existing checkpoint's card in step with a refitted encoder's input convention."""
+    from unidg_rt.models.loading import read_card
+    from unidg_rt.train.ship import rewrite_card_defaults
+
+    card = read_card(model_file) if model_file.is_file() else None
+    entry = (card.defaults.get("reference_encoder") if card else None) or None
+    if entry is not None and bool(entry.get("cutout")) != bool(cutout):
+        rewrite_card_defaults(
+            model_file, {**card.defaults, "reference_encoder": {**entry, "cutout": bool(cutout)}}
+        )
 
 
 def _prompts(categories: list[str]) -> dict[str, str]:
