@@ -11,7 +11,7 @@ TINY_RECIPE = {
     "checkpoint_every_s": 1e9,
     "data": {"num_pairs": 2, "gen_size": 32, "source_size": 64, "text_seq_len": 4, "encode_batch": 8},
     "vae": {"steps": 2, "batch_size": 2, "crop": 32, "stats_images": 4, "warmup": 1},
-    "sft": {"steps": 2, "batch_size": 4, "warmup": 1},
+    "sft": {"steps": 2, "batch_size": 4, "warmup": 1, "ref_width": 8},  # with the reference encoder
     "refenc": {"bank_size": 8, "heldout": 4, "steps": 2, "batch_size": 4, "warmup": 1},
     "apo": {"steps": 2, "batch_size": 4, "warmup": 1},
 }
