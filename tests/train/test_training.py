@@ -162,3 +162,17 @@ def test_refenc_stage_keeps_the_card_in_step(tmp_path, tiny_recipe):
     assert card.defaults["reference_encoder"] == {"file": "reference_encoder.safetensors", "cutout": False}
     run_stage("refenc", tiny_recipe(), tmp_path)  # refits on cut-out crops: the SFT-stage card follows
     assert read_card(tmp_path / "model.safetensors").defaults["reference_encoder"]["cutout"] is True
+
+
+def test_stages_without_a_reference_encoder(tmp_path, tiny_recipe):
+    """The default recipe (sft.ref_width = 0): no encoder file, no card entry, refenc skipped."""
+    from unidg_rt.models.loading import read_card
+    from unidg_rt.train.run import run_stage
+
+    recipe = tiny_recipe()
+    recipe.sft.ref_width = 0
+    for stage in ("vae", "sft", "refenc"):
+        report = run_stage(stage, recipe, tmp_path)
+    assert not (tmp_path / "reference_encoder.safetensors").exists()
+    assert "reference_encoder" not in read_card(tmp_path / "model.safetensors").defaults
+    assert "refenc" not in report["stages"]

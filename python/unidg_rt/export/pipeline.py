@@ -22,6 +22,7 @@ uses its most precise export, as it does for the VAE.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -89,8 +90,7 @@ def _source_sha256(path: Path) -> str:
 def reference_encoder_source(path: Path, defaults: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
     """``(file, config)`` of the reference encoder the card defaults name (beside the checkpoint),
     ``None`` when they name none. Reads the config from the file's metadata, not its weights."""
-    from unidg_rt.models.loading import read_metadata
-    from unidg_rt.models.refenc import METADATA_KEY
+    from unidg_rt.models.refenc import read_reference_encoder_config
 
     entry = defaults.get("reference_encoder")
     if not entry:
@@ -103,10 +103,7 @@ def reference_encoder_source(path: Path, defaults: dict[str, Any]) -> tuple[Path
         raise WeightsError(
             f"{path} names reference encoder {name!r} but {file} does not exist: copy it beside the checkpoint"
         )
-    meta = read_metadata(file)
-    if METADATA_KEY not in meta:
-        raise WeightsError(f"{file} has no {METADATA_KEY!r} metadata: not a unidg-rt reference encoder")
-    return file, json.loads(meta[METADATA_KEY])
+    return file, dataclasses.asdict(read_reference_encoder_config(file))
 
 
 def pipeline_specs(config: FluxConfig, vae_config, ranges, ref_config=None) -> dict[str, IOSpec]:

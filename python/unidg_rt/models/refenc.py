@@ -98,14 +98,21 @@ def save_reference_encoder(path: str | Path, encoder: ReferenceEncoder, dtype=to
     tmp.replace(path)
 
 
-def load_reference_encoder(path: str | Path) -> ReferenceEncoder:
-    """float32, eval, frozen."""
-    from unidg_rt.models.loading import load_strict, read_metadata, read_tensors
+def read_reference_encoder_config(path: str | Path) -> ReferenceEncoderConfig:
+    """The config in a reference-encoder file's metadata (no weights read)."""
+    from unidg_rt.models.loading import read_metadata
 
     meta = read_metadata(path)
     if METADATA_KEY not in meta:
         raise WeightsError(f"{path} has no {METADATA_KEY!r} metadata: not a unidg-rt reference encoder")
-    config = ReferenceEncoderConfig(**json.loads(meta[METADATA_KEY]))
+    return ReferenceEncoderConfig(**json.loads(meta[METADATA_KEY]))
+
+
+def load_reference_encoder(path: str | Path) -> ReferenceEncoder:
+    """float32, eval, frozen."""
+    from unidg_rt.models.loading import load_strict, read_tensors
+
+    config = read_reference_encoder_config(path)
     with torch.device("meta"):
         enc = ReferenceEncoder(config)
     load_strict(enc, read_tensors([Path(path)], "", torch.float32), "reference encoder")

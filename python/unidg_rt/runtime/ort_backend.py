@@ -355,7 +355,7 @@ def pipeline_from_onnx(
         cache = None
     if "reference_encoder" not in pipeline_kwargs:
         runner = backend.reference_encoder
-        size = runner._shapes["images"][-1] if runner is not None else None  # static S of the graph
+        size = (m.get("reference_encoder") or {}).get("image_size")  # the graph's static S (manifest)
         pipeline_kwargs["reference_encoder"] = reference_encoder_for(
             runner, size, m.get("defaults") or {}, "export: re-run `unidg-rt export` (it exports it)"
         )

@@ -175,14 +175,14 @@ class LatentSet:
         """The reference crops of samples ``idx`` as the reference encoder's input ``[B, 3, S, S]``
         in [-1, 1] (text-mode rows hold their gray left half); ``cutout``: gray outside the
         reference mask (:func:`unidg_rt.models.refenc.cut_out`)."""
+        from unidg_rt.models.refenc import cut_out, pixels_to_input
+
         idx = torch.as_tensor(idx)
-        x = (self.reference[idx].float() / 255.0).permute(0, 3, 1, 2) * 2 - 1  # [B, 3, S, S]
+        x = pixels_to_input(self.reference[idx].numpy(), self.reference.shape[1])  # [B, 3, S, S]
         if not cutout:
             return x
         if self.reference_mask is None:
             raise ValueError("cutout needs LatentSet.reference_mask (rebuild the latents)")
-        from unidg_rt.models.refenc import cut_out
-
         return cut_out(x, self.reference_mask[idx])
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unidg_rt.models.refenc import ReferenceEncoder, cut_out
+from unidg_rt.models.refenc import ReferenceEncoder, cut_out, pixels_to_input
 from unidg_rt.train.common import LossLog, cosine_lr, set_lr, stage_seed, step_rng
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 class ReferenceBank:
     pixels: np.ndarray  # uint8 [N, S, S, 3]: reference crops as the diptych's left half
     category: np.ndarray  # int64 [N]: row of the category table
-    masks: np.ndarray | None = None  # bool [N, S, S]: the reference mask in the crop
+    masks: np.ndarray  # bool [N, S, S]: the reference mask in the crop
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -45,8 +45,7 @@ class ReferenceBank:
         """``[B, 3, S, S]`` in [-1, 1] (``cutout``: gray outside the mask, :func:`cut_out`); with
         ``rng`` each crop gets a random flip / 90° turn."""
         idx = np.asarray(idx)
-        x = torch.from_numpy(self.pixels[idx]).float().div(255.0)  # [B, S, S, 3]
-        x = x.permute(0, 3, 1, 2) * 2 - 1
+        x = pixels_to_input(self.pixels[idx], self.pixels.shape[1])  # [B, 3, S, S]
         if cutout:
             x = cut_out(x, torch.from_numpy(self.masks[idx]))
         if rng is None:

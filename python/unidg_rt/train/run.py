@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from unidg_rt.embeddings import normalize_category
 from unidg_rt.train.common import environment, setup_torch, update_report
 from unidg_rt.train.dataset import (
     DiptychSet,
@@ -178,7 +179,6 @@ class Run:
                              encoder="unidg-rt learned category table (Diversity-SFT)")  # fmt: skip
         if table.encoder is not None:
             save_reference_encoder(self.path(REFERENCE_ENCODER_FILE), table.encoder)
-        _sync_card_cutout(self.path("model.safetensors"), table.encoder.config.cutout)
         self._ckpt("sft").unlink(missing_ok=True)
         self._record("sft", {**summary, "params": sum(p.numel() for p in model.parameters()),
                              "config": tcfg.to_dict(), "table_shape": list(table.embeds.shape),
@@ -186,17 +186,18 @@ class Run:
                              if table.encoder is not None else 0})  # fmt: skip
         return model, table
 
-    def _table(self, lat: LatentSet, with_encoder: bool = True):
-        """The SFT stage's category table (frozen), with its reference encoder when there is one."""
+    def _table(self, categories: list[str]):
+        """The SFT stage's category table (frozen; rows in ``categories`` order), with its reference
+        encoder when the recipe has one."""
         from unidg_rt.embeddings import EmbeddingsCache
         from unidg_rt.models.refenc import load_reference_encoder
         from unidg_rt.train.sft import CategoryTable
 
         cache = EmbeddingsCache.load(self.path("embeddings.safetensors"))
-        e, p = cache.stack(lat.categories)
-        table = CategoryTable(len(lat.categories), e.shape[1], e.shape[2], p.shape[1])
+        e, p = cache.stack(categories)
+        table = CategoryTable(len(categories), e.shape[1], e.shape[2], p.shape[1])
         table.load_state_dict({"embeds": torch.from_numpy(e), "pooled": torch.from_numpy(p)})
-        if with_encoder and self.recipe.sft.ref_width > 0:
+        if self.recipe.sft.ref_width > 0:
             table.encoder = load_reference_encoder(self.path(REFERENCE_ENCODER_FILE))
         return table.requires_grad_(False)
 
@@ -209,16 +210,14 @@ class Run:
             table_rows,
             train_reference_encoder,
         )
-        from unidg_rt.train.vae import load_vae_file
 
         r = self.recipe
         if r.sft.ref_width <= 0:
             logger.info("recipe has no reference encoder (sft.ref_width = 0): stage refenc skipped")
             return None
-        lat = self.latents(load_vae_file(self.path("vae.safetensors")))
-        table = self._table(lat)
+        cats = training_categories()  # the table's rows, in LatentSet.categories order
+        table = self._table([normalize_category(c) for c in cats])
         t0 = time.perf_counter()
-        cats = training_categories()
         bank = build_reference_bank(r.data, r.seed, r.refenc.bank_size, cats)
         held = build_reference_bank(r.data, r.seed, r.refenc.heldout, cats, offset=1 << 40)
         bank_s = time.perf_counter() - t0
@@ -244,7 +243,7 @@ class Run:
         vae = load_vae_file(self.path("vae.safetensors"))
         lat = self.latents(vae)
         model = load_transformer(self.path("sft.safetensors"), dtype=torch.float32)
-        table = self._table(lat)
+        table = self._table(lat.categories)
         mgr, summary = train_apo(model, table, lat, r.apo, r.sft, r.seed, self._ckpt("apo"),
                                  r.checkpoint_every_s)  # fmt: skip
         summary.update(apo_eval(model, mgr, lat, table, r))

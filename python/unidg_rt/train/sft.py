@@ -61,24 +61,31 @@ class CategoryTable(nn.Module):
         u = use.to(self.embeds.dtype)
         return self.embeds[category] * u[:, None, None], self.pooled[category] * u[:, None]
 
-    def condition(self, lat: LatentSet, idx, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, lat: LatentSet, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's ``([B, T, D], [B, P])`` for the reference crops of samples ``idx``."""
+        return self.encoder(lat.reference_input(torch.as_tensor(idx), self.encoder.config.cutout))
+
+    def condition(self, lat: LatentSet, idx, keep: torch.Tensor):
         """Conditioning ``([B, T, D], [B, P])`` of samples ``idx`` as the pipeline feeds it:
         text-mode rows their category row, reference-mode rows the encoder's output of their
-        reference crop (zeros without an encoder), zeros where ``keep [B]`` is False."""
+        reference crop (zeros without an encoder), zeros where ``keep [B]`` is False; third, the
+        encoder's output for every row (None when it did not run)."""
         idx_t = torch.as_tensor(idx)
         text = lat.text_mode[idx_t]
         embeds, pooled = self(lat.category[idx_t], keep & text)
         ref = keep & ~text
         if self.encoder is None or lat.reference is None or not bool(ref.any()):
-            return embeds, pooled
-        e_r, p_r = self.encoder(lat.reference_input(idx_t, self.encoder.config.cutout))  # [B, T, D], [B, P]
-        return torch.where(ref[:, None, None], e_r, embeds), torch.where(ref[:, None], p_r, pooled)
+            return embeds, pooled, None
+        e_r, p_r = self.encode(lat, idx_t)  # [B, T, D], [B, P]
+        embeds, pooled = torch.where(ref[:, None, None], e_r, embeds), torch.where(ref[:, None], p_r, pooled)
+        return embeds, pooled, (e_r, p_r)
 
-    def alignment(self, lat: LatentSet, idx) -> torch.Tensor:
+    def alignment(self, lat: LatentSet, idx, encoded=None) -> torch.Tensor:
         """``[B]``: ``mean ‖enc(ref) - sg(embeds[c])‖² + mean ‖pooled_enc - sg(pooled[c])‖²`` on
-        reference-mode samples, 0 on text-mode ones."""
+        reference-mode samples, 0 on text-mode ones; ``encoded``: :meth:`encode`'s output for
+        ``idx`` when the batch already has it."""
         idx_t = torch.as_tensor(idx)
-        e_r, p_r = self.encoder(lat.reference_input(idx_t, self.encoder.config.cutout))
+        e_r, p_r = encoded if encoded is not None else self.encode(lat, idx_t)
         cat = lat.category[idx_t]
         err = (e_r - self.embeds[cat].detach()).pow(2).mean(dim=(1, 2))
         err = err + (p_r - self.pooled[cat].detach()).pow(2).mean(dim=1)
@@ -109,6 +116,7 @@ class FlowBatch:
     weights: torch.Tensor  # [B, N_img]
     noise: torch.Tensor  # [B, N_img, 64]: the draw behind ``target`` (loser batches reuse it)
     index: np.ndarray | None = None  # [B]: the samples' rows in the LatentSet
+    encoded: tuple | None = None  # the reference encoder's output for the rows (training graph)
 
     def with_x0(self, x0: torch.Tensor) -> FlowBatch:
         """The same noise, sigma and conditioning around another clean latent ``x0 [B, N_img, 64]``."""
@@ -116,7 +124,7 @@ class FlowBatch:
         hidden = self.feed["hidden_states"]  # [B, N_img, 64 + 320]
         feed = {**self.feed, "hidden_states": torch.cat([z, hidden[..., z.shape[-1] :]], dim=2)}
         return FlowBatch(feed=feed, sigma=self.sigma, target=self.noise - x0, weights=self.weights,
-                         noise=self.noise, index=self.index)  # fmt: skip
+                         noise=self.noise, index=self.index, encoded=self.encoded)  # fmt: skip
 
 
 def sample_sigmas(
@@ -156,7 +164,7 @@ def flow_batch(
     noise = torch.randn(x0.shape, generator=gen)
     sigma = sample_sigmas(b, gen, logit_mean, logit_std, n_img if time_shift else None)
     z = scale_noise(x0, noise, sigma[:, None, None])
-    embeds, pooled = table.condition(lat, idx_t, use)
+    embeds, pooled, encoded = table.condition(lat, idx_t, use)
     t_len = embeds.shape[1]
     groups = lat.groups[idx_t]  # [B, N_img]
     feed = {
@@ -177,7 +185,13 @@ def flow_batch(
     if defect_weight and lat.defect is not None:  # tokens holding defect pixels: the rare, hard part
         weights = weights + float(defect_weight) * (lat.defect[idx_t] > 0).float()
     return FlowBatch(
-        feed=feed, sigma=sigma, target=noise - x0, weights=weights, noise=noise, index=np.asarray(idx)
+        feed=feed,
+        sigma=sigma,
+        target=noise - x0,
+        weights=weights,
+        noise=noise,
+        index=np.asarray(idx),
+        encoded=encoded,
     )
 
 
@@ -289,7 +303,7 @@ def train_sft(
         set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup, recipe.min_lr_frac))
         loss = weighted_mse(predict(model, batch), batch.target, batch.weights).mean()
         if table.encoder is not None and recipe.ref_align:
-            loss = loss + recipe.ref_align * table.alignment(lat, batch.index).mean()
+            loss = loss + recipe.ref_align * table.alignment(lat, batch.index, batch.encoded).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)

@@ -81,9 +81,9 @@ def ship_assets(
 
 
 def _encoder_cutout(path: Path) -> bool:
-    from unidg_rt.models.refenc import load_reference_encoder
+    from unidg_rt.models.refenc import read_reference_encoder_config
 
-    return bool(load_reference_encoder(path).config.cutout)
+    return bool(read_reference_encoder_config(path).cutout)
 
 
 def sample_pair(recipe: ShipRecipe):
