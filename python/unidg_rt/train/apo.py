@@ -23,6 +23,10 @@ sigma, in the pairwise (Diffusion-DPO) form
 ``-log σ(-β_t ((err_θ - err_ref) - (err_θ,l - err_ref,l)))``. Alone it mostly pushes the loser
 error up and lets the winner error rise too (measured: held-out flow error 0.19 → 0.30); the
 ``anchor`` term ``anchor · mean(β_t (err_θ - err_ref))`` on the winners holds their fit.
+
+``mismatch > 0`` adds condition-mismatch pairs (:mod:`unidg_rt.train.mismatch`): the same target
+under its own condition (winner) vs another category's text row / reference half (loser), on the
+target region, weighted by ``mismatch``; it composes with either kind of losers.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from unidg_rt.models.adapters import AdapterManager
 from unidg_rt.models.mmdit import FluxTransformer
 from unidg_rt.train.common import Checkpointer, LossLog, cosine_lr, load_checkpoint_state, set_lr, step_rng
 from unidg_rt.train.dataset import LatentSet
+from unidg_rt.train.mismatch import mismatch_batch, target_weights
 from unidg_rt.train.negatives import negative_pool, sample_losers
 from unidg_rt.train.recipe import APORecipe
 from unidg_rt.train.sft import CategoryTable, FlowBatch, draw_indices, flow_batch, predict, weighted_mse
@@ -70,14 +75,21 @@ def apo_loss(
     return -F.logsigmoid(-beta_t * margin).mean()
 
 
-def apo_errors(model: FluxTransformer, mgr: AdapterManager, batch: FlowBatch, name: str = ADAPTER):
-    """``(err_θ, err_ref)`` per sample: with the adapter at strength 1, and off (no grad)."""
+def apo_errors(model: FluxTransformer, mgr: AdapterManager, batch: FlowBatch, name: str = ADAPTER,
+               weights: tuple[torch.Tensor, ...] | None = None):  # fmt: skip
+    """``(err_θ, err_ref)`` per sample: with the adapter at strength 1, and off (no grad),
+    weighted by ``batch.weights``; with ``weights`` (a tuple of ``[B, N_img]``) one such pair per
+    weighting, from the same two forward passes."""
     mgr.set_scales({name: 0.0})
     with torch.no_grad():
-        err_ref = weighted_mse(predict(model, batch), batch.target, batch.weights)
+        pred_ref = predict(model, batch)
     mgr.set_scales({name: 1.0})
-    err_theta = weighted_mse(predict(model, batch), batch.target, batch.weights)
-    return err_theta, err_ref
+    pred_theta = predict(model, batch)
+    pairs = tuple(
+        (weighted_mse(pred_theta, batch.target, w), weighted_mse(pred_ref, batch.target, w))
+        for w in (weights if weights is not None else (batch.weights,))
+    )
+    return pairs if weights is not None else pairs[0]
 
 
 def apo_step_batch(lat: LatentSet, table: CategoryTable, recipe: APORecipe, sft, seed: int, step: int,
@@ -151,8 +163,17 @@ def train_apo(
     for step in range(start, recipe.steps):
         batch, pos = apo_step_batch(lat, table, recipe, sft_recipe, seed, step, pool)
         set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup, recipe.min_lr_frac))
-        err_theta, err_ref = apo_errors(model, mgr, batch)
         beta_t = beta_schedule(batch.sigma, recipe.beta, recipe.beta_floor, recipe.beta_power)
+        mismatch_term = None
+        if recipe.mismatch:  # condition-mismatch pair on the target region (train/mismatch.py)
+            (err_theta, err_ref), (tw_theta, tw_ref) = apo_errors(
+                model, mgr, batch, weights=(batch.weights, target_weights(batch, lat))
+            )
+            rng, _ = step_rng(seed + recipe.data_seed_offset, "apo-mismatch", step)
+            err_theta_m, err_ref_m = apo_errors(model, mgr, mismatch_batch(lat, table, batch, rng))
+            mismatch_term = recipe.mismatch * apo_loss(tw_theta, tw_ref, beta_t, err_theta_m, err_ref_m)
+        else:
+            err_theta, err_ref = apo_errors(model, mgr, batch)
         if losers is None:
             loss = apo_loss(err_theta, err_ref, beta_t)
         else:
@@ -160,6 +181,8 @@ def train_apo(
             loss = apo_loss(err_theta, err_ref, beta_t, err_theta_l, err_ref_l)
             if recipe.anchor:  # Diffusion-DPO alone raises both errors; this holds the winners' fit
                 loss = loss + recipe.anchor * (beta_t * (err_theta - err_ref)).mean()
+        if mismatch_term is not None:
+            loss = loss + mismatch_term
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(trainable.parameters()), recipe.grad_clip)

@@ -144,6 +144,9 @@ class APORecipe:
     negative_steps: int = 8
     negative_cfg: float = 4.0
     anchor: float = 1.0  # with losers: + anchor · mean(β_t (err_θ - err_ref)) on the winners (keeps the fit)
+    # condition-mismatch pairs (unidg_rt.train.mismatch): + mismatch · the pairwise loss of the
+    # target under its own condition vs under another category's (text row / reference half)
+    mismatch: float = 0.0
 
 
 @dataclass
