@@ -48,7 +48,9 @@ def test_mismatch_batch_changes_only_the_condition(tiny_latents):
     # same noise, sigma; weights = the target region
     assert torch.equal(mis.noise, batch.noise) and torch.equal(mis.sigma, batch.sigma)
     region = lat.groups[idx] == int(TokenGroup.TARGET_REGION)
-    assert torch.equal(target_weights(batch, lat), region.float()) and torch.equal(mis.weights, region.float())
+    assert torch.equal(target_weights(batch, lat), region.float()) and torch.equal(
+        mis.weights, region.float()
+    )
     # the right (target) half is untouched: its noised latents, conditioning and target
     _, _, h, w = lat.x0.shape
     right = ~left_half_tokens(h // 2, w // 2)

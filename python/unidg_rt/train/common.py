@@ -21,7 +21,17 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_STAGE_IDS = {"vae": 1, "data": 2, "sft": 3, "apo": 4, "stats": 5, "init": 6, "refbank": 7, "refenc": 8, "apo-mismatch": 9}
+_STAGE_IDS = {
+    "vae": 1,
+    "data": 2,
+    "sft": 3,
+    "apo": 4,
+    "stats": 5,
+    "init": 6,
+    "refbank": 7,
+    "refenc": 8,
+    "apo-mismatch": 9,
+}
 
 
 def setup_torch(threads: int, seed: int) -> None:

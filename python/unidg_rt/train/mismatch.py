@@ -47,7 +47,9 @@ def left_half_tokens(h2: int, w2: int) -> torch.Tensor:
     return torch.arange(h2 * w2) % w2 < w2 // 2
 
 
-def mismatch_batch(lat: LatentSet, table: CategoryTable, batch: FlowBatch, rng: np.random.Generator) -> FlowBatch:
+def mismatch_batch(
+    lat: LatentSet, table: CategoryTable, batch: FlowBatch, rng: np.random.Generator
+) -> FlowBatch:
     """The loser side of a mismatch pair for every row of ``batch`` (see module docstring).
 
     Text-mode rows get the table row of another category; reference-mode rows the reference half
