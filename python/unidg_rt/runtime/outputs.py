@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 
 @dataclass
 class UniDGPipelineOutput:
@@ -20,3 +22,17 @@ class UniDGPipelineOutput:
     diptychs: Any = None
     seeds: list[int] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def format_images(pasted: list[np.ndarray], output_type: str):
+    """uint8 ``[H0, W0, 3]`` results → what ``output_type`` asks for (see :class:`UniDGPipelineOutput`)."""
+    if output_type == "pil":
+        from PIL import Image
+
+        return [Image.fromarray(p) for p in pasted]
+    arr = np.stack(pasted).astype(np.float32) / 255.0  # [B, H0, W0, 3]
+    if output_type == "np":
+        return arr
+    import torch
+
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # [B, 3, H0, W0]

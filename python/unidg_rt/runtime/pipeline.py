@@ -19,8 +19,9 @@ from unidg_rt.embeddings import EmbeddingsCache
 from unidg_rt.errors import ConfigError, InvalidInputError
 from unidg_rt.groups import NUM_GROUPS, default_group_bias, text_token_groups
 from unidg_rt.runtime.backend import cat, latent_image_ids, pack_latents, unpack_latents
-from unidg_rt.runtime.outputs import UniDGPipelineOutput
-from unidg_rt.sampling import SegmentSchedule, euler_step, flux_sigmas, scale_noise
+from unidg_rt.runtime.outputs import UniDGPipelineOutput, format_images
+from unidg_rt.runtime.reference_cfg import reference_free_input, reference_guided
+from unidg_rt.sampling import SegmentSchedule, euler_step, flux_sigmas
 
 logger = logging.getLogger(__name__)
 
@@ -393,8 +394,8 @@ class UniDGPipeline:
             and segs is not None
             and any((sg.reference_cfg_scale or 0.0) > 1 for sg in segs.segments)
         ):
-            uncond = self._reference_free(
-                dip, image, mask_image, noise, n, embeds, pooled, guidance_scale, group_bias
+            uncond = reference_free_input(
+                self, dip, image, mask_image, noise, n, embeds, pooled, guidance_scale, group_bias
             )
         # 6. denoising loop
         for i in range(len(sig) - 1):
@@ -422,7 +423,7 @@ class UniDGPipeline:
             recon = self._decode(self._encode(dip.image))[0]  # [H, 2W, 3]: VAE round trip of the input
             diptychs = np.clip(dip.image[None] + diptychs - recon[None], 0, 1)
         pasted, alphas = zip(*(dip.paste(img, feather=feather) for img in diptychs), strict=True)
-        images = _format_images(list(pasted), output_type)
+        images = format_images(list(pasted), output_type)
         result = UniDGPipelineOutput(
             images=images, masks=alphas[0], diptychs=diptychs, seeds=seeds, info=info
         )
@@ -478,27 +479,6 @@ class UniDGPipeline:
             feed["group_bias"] = a(bias, "float32")
         return feed
 
-    def _reference_free(self, dip, image, mask_image, noise, n, embeds, pooled, guidance_scale, group_bias):
-        """The unconditional input for ``reference_cfg_scale``: the text-mode composition of the
-        same target (gray left half, zero embeddings), its Fill conditioning and feed, and the
-        left-half token state of that composition (clean gray latents + this call's noise)."""
-        dip0 = prepare_diptych(image, mask_image, height=dip.height, width=dip.width, **self.crop_rule)
-        cond0 = self._fill_conditioning(dip0, n)  # [B, N_img, 320]; left half = gray latents
-        feed0 = self._static_feed(
-            dip0, np.zeros_like(embeds), np.zeros_like(pooled), n, guidance_scale, group_bias
-        )
-        w_tok = dip.width // (2 * self.vae_scale_factor)  # tokens per half row (2x2 latent pixels each)
-        cols = np.arange(dip.num_image_tokens) % (2 * w_tok)
-        left = (cols < w_tok).astype(np.float32)[None, :, None]  # [1, N_img, 1]
-        a = self.backend.asarray  # cond0[..., :64]: the packed clean latents (gray left half)
-        return {
-            "cond": cond0,
-            "feed": feed0,
-            "left": a(left),
-            "gray": cond0[..., :64],
-            "noise": a(pack_latents(noise)),
-        }
-
     def _predict(self, x, cond, feed, sigma, seg, n, cfg_possible=True, uncond=None):
         a = self.backend.asarray
         step_feed = dict(feed)
@@ -515,17 +495,7 @@ class UniDGPipeline:
             v_neg = self.backend.transformer.infer(neg)["noise_pred"]
             v = v_neg + seg.true_cfg_scale * (v - v_neg)
         if uncond is not None and seg is not None and (seg.reference_cfg_scale or 0.0) > 1:
-            # the same step on the reference-free diptych; its left half follows the straight
-            # path from this call's noise to the gray latents (what a text-mode call would see)
-            left = uncond["left"]
-            x0 = x * (1 - left) + left * scale_noise(uncond["gray"], uncond["noise"], sigma)
-            neg = dict(uncond["feed"])
-            neg["hidden_states"] = cat([x0, uncond["cond"]], axis=2)
-            neg["timestep"] = step_feed["timestep"]
-            neg["guidance"] = step_feed["guidance"]
-            v_unc = self.backend.transformer.infer(neg)["noise_pred"]
-            guided = v_unc + seg.reference_cfg_scale * (v - v_unc)
-            v = v * left + guided * (1 - left)  # only the target half is guided
+            v = reference_guided(self.backend, v, x, step_feed, uncond, sigma, seg.reference_cfg_scale)
         return v
 
 
@@ -534,19 +504,6 @@ def _numpy(x):
     if hasattr(x, "detach"):
         return x.detach().float().cpu().numpy()
     return np.asarray(x)
-
-
-def _format_images(pasted: list[np.ndarray], output_type: str):
-    if output_type == "pil":
-        from PIL import Image
-
-        return [Image.fromarray(p) for p in pasted]
-    arr = np.stack(pasted).astype(np.float32) / 255.0  # [B, H0, W0, 3]
-    if output_type == "np":
-        return arr
-    import torch
-
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # [B, 3, H0, W0]
 
 
 def _load_embeddings(embeddings, model_path: Path) -> EmbeddingsCache | None:

@@ -142,6 +142,7 @@ def train_apo(
     opt = torch.optim.AdamW(trainable.parameters(), lr=recipe.lr, weight_decay=0.0)
     log = LossLog("apo", recipe.steps)
     margins: list[float] = []
+    mismatch_margins: list[float] = []
     start, prev_wall = 0, 0.0
     state = load_checkpoint_state(ckpt_path) if ckpt_path is not None else None
     if state is not None:
@@ -172,6 +173,9 @@ def train_apo(
             rng, _ = step_rng(seed + recipe.data_seed_offset, "apo-mismatch", step)
             err_theta_m, err_ref_m = apo_errors(model, mgr, mismatch_batch(lat, table, batch, rng))
             mismatch_term = recipe.mismatch * apo_loss(tw_theta, tw_ref, beta_t, err_theta_m, err_ref_m)
+            # < 0 once the adapter fits the true condition better than the wrong one (vs the SFT model)
+            mm = float(((tw_theta - tw_ref) - (err_theta_m - err_ref_m)).detach().mean())
+            mismatch_margins.append(mm)
         else:
             err_theta, err_ref = apo_errors(model, mgr, batch)
         if losers is None:
@@ -189,7 +193,8 @@ def train_apo(
         opt.step()
         margin = float((err_theta - err_ref).detach().mean())
         margins.append(margin)
-        log.add(step, float(loss.detach()), margin=margin)
+        extra = {"mismatch_margin": mismatch_margins[-1]} if mismatch_term is not None else {}
+        log.add(step, float(loss.detach()), margin=margin, **extra)
         if ckpt is not None:
             ckpt.maybe_save(lambda s=step: snapshot(s + 1))
     wall = prev_wall + time.perf_counter() - t0
@@ -199,6 +204,11 @@ def train_apo(
         "steps": recipe.steps, "wall_s": round(wall, 1), **log.summary(),
         "margin_start": float(sum(margins[:w]) / w) if margins else None,
         "margin_end": float(sum(margins[-w:]) / w) if margins else None,
+        **(
+            {"mismatch_margin_start": sum(mismatch_margins[:w]) / w, "mismatch_margin_end": sum(mismatch_margins[-w:]) / w}
+            if mismatch_margins
+            else {}
+        ),
         "gate_k_at_t": {f"{t:.2f}": round(float(ad.gate(torch.tensor([t]))[0].mean()), 4)
                         for t in (0.0, 0.25, 0.5, 0.75, 1.0)},
     }  # fmt: skip
