@@ -22,12 +22,14 @@ def test_eval_cli_prints_the_table_and_writes_json_and_grid(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "SFT+APO" in result.output and "consistency" in result.output
+    assert "SFT+APO results read as:" in result.output
     data = json.loads(out_json.read_text())
     assert data["variants"]["SFT"]["background_max_error"] == 0
     assert data["settings"]["num_cases"] == 2
     with Image.open(out_png) as im:
         assert im.width > 0 and im.height > 0
-    assert out_md.read_text().startswith("| metric |")
+    md = out_md.read_text()
+    assert md.startswith("| metric |") and "| category | SFT | SFT+APO |" in md
 
 
 def test_eval_cli_grid_only_needs_grid(tiny_checkpoint):

@@ -10,7 +10,7 @@ import pytest
 from unidg_rt.evaluation import Variant, build_eval_set, default_variants, evaluate, report_markdown
 
 METRICS = {"presence_mean", "presence_rate", "background_max_error", "consistency", "diversity", "fd",
-           "s_per_image", "consistency_by_category", "consistency_by_mode", "images"}  # fmt: skip
+           "s_per_image", "consistency_by_category", "consistency_by_mode", "images", "predicted_share"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,10 @@ def test_evaluate_reports_every_metric_and_exact_background(tiny_pipe, cases, ti
         assert 0.0 <= m["consistency"] <= 1.0
         assert m["presence_mean"] > 0  # the random model changes the mask region
         assert m["diversity"] > 0  # two seeds differ
+        share = m["predicted_share"]
+        assert abs(sum(share.values()) - 1.0) < 1e-9 and list(share.values()) == sorted(
+            share.values(), reverse=True
+        )
     assert (
         report.variants["SFT"]["presence_mean"] == report.variants["SFT+APO"]["presence_mean"]
     )  # no adapter
@@ -54,6 +58,10 @@ def test_evaluate_reports_every_metric_and_exact_background(tiny_pipe, cases, ti
     for mode in s["modes"]:  # one row per mode asked for; "–" where the set has no such case
         cell = f"{by_mode[mode]:.0%}" if mode in by_mode else "–"
         assert f"| — {mode} mode | {cell} |" in md
+    share = report.variants["SFT+APO"]["predicted_share"]
+    for c in s["categories"]:  # the per-category table: one row each, with the results' share
+        sft = report.variants["SFT"]["consistency_by_category"][c]
+        assert f"| {c} | {sft:.0%} |" in md and md.count(f"| {share.get(c, 0.0):.0%} |\n") >= 1
 
 
 def test_variants_set_adapters_per_call_and_restore_them(tiny_checkpoint, cases, tiny_classifier):

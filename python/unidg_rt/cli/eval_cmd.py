@@ -143,6 +143,9 @@ def eval_cmd(
         f"({clf['test_accuracy_crisp']:.0%} as drawn, chance {clf['chance']:.0%}); FD space: "
         f"{report.settings['fd_space']}; wall {report.wall_s:.1f} s"
     )
+    for name, m in report.variants.items():
+        top = ", ".join(f"{c} {v:.0%}" for c, v in list((m.get("predicted_share") or {}).items())[:3])
+        console.print(f"{name} results read as: {top}")
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
     if json_path is not None:

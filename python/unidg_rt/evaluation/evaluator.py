@@ -159,6 +159,14 @@ def _summarise(rows: list[dict], cases: Sequence[EvalCase], clf, ref_embed, thre
         for r, ok in zip(rows, correct, strict=True):
             acc.setdefault(groups(cases[r["case"]]), []).append(ok)
         out[f"consistency_{key}"] = {g: float(np.mean(v)) for g, v in acc.items()}
+    # what the classifier reads the results as, most frequent first: a model that paints the same
+    # blob for every request shows up as one or two categories taking most of the share
+    counts: dict[str, int] = {}
+    for p in predicted:
+        counts[p] = counts.get(p, 0) + 1
+    out["predicted_share"] = {
+        c: n / len(rows) for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    }
     feats = np.stack([r["_feats"] for r in rows])
     out["fd"] = M.frechet_distance_features(clf.embed(feats), ref_embed) if len(rows) >= 2 else float("nan")
     return out
@@ -434,4 +442,26 @@ def report_markdown(report: EvalReport) -> str:
         f"{s['generation_size'][0]}×{s['generation_size'][1]}; classifier held-out accuracy "
         f"{report.classifier.get('test_accuracy') or float('nan'):.0%} (chance {report.classifier.get('chance') or 0:.0%})."
     )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *_category_markdown(report, cols)]) + "\n"
+
+
+def _category_markdown(report: EvalReport, cols: dict[str, dict]) -> list[str]:
+    """Per-category consistency of every column, and the share of all results the classifier
+    gives each category (of the last model variant): which categories work, and what the model
+    paints instead."""
+    last = list(report.variants)[-1]
+    share = report.variants[last].get("predicted_share") or {}
+    cats = report.settings["categories"]
+    lines = [
+        f"| category | {' | '.join(cols)} | share of {last} results read as it |",
+        "|" + "---|" * (len(cols) + 2),
+    ]
+    for c in cats:
+        cells = [
+            "–"
+            if (m.get("consistency_by_category") or {}).get(c) is None
+            else f"{m['consistency_by_category'][c]:.0%}"
+            for m in cols.values()
+        ]
+        lines.append(f"| {c} | " + " | ".join(cells) + f" | {share.get(c, 0.0):.0%} |")
+    return lines
