@@ -79,3 +79,21 @@ def test_apo_with_mismatch_pairs_trains(tiny_latents):
         mgr, summary = train_apo(model, table, tiny_latents, recipe, SFTRecipe(), seed=0)
         assert math.isfinite(summary["loss_end"]) and "apo" in mgr.adapters
         mgr.detach()
+
+
+def test_apo_mismatch_margins_survive_a_resume(tiny_latents, tmp_path):
+    from unidg_rt.train.common import load_checkpoint_state
+
+    torch.manual_seed(0)
+    model = FluxTransformer(FluxConfig.tiny()).eval().requires_grad_(False)
+    table, ckpt = _table(tiny_latents), tmp_path / "apo.pt"
+    kw = dict(batch_size=2, negatives="none", rank=2, mismatch=1.0)
+    mgr, first = train_apo(model, table, tiny_latents, APORecipe(steps=2, **kw), SFTRecipe(), seed=0,
+                           ckpt_path=ckpt, checkpoint_every_s=0.0)  # fmt: skip
+    mgr.detach()
+    assert len(load_checkpoint_state(ckpt)["mismatch_margins"]) == 2
+    mgr, resumed = train_apo(model, table, tiny_latents, APORecipe(steps=3, **kw), SFTRecipe(), seed=0,
+                             ckpt_path=ckpt, checkpoint_every_s=0.0)  # fmt: skip
+    mgr.detach()
+    assert len(load_checkpoint_state(ckpt)["mismatch_margins"]) == 3
+    assert resumed["mismatch_margin_start"] == first["mismatch_margin_start"]  # step 0's, from the checkpoint

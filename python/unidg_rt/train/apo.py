@@ -154,11 +154,13 @@ def train_apo(
             state["losses"],
             state["margins"],
         )
+        mismatch_margins = list(state.get("mismatch_margins", []))
     t0 = time.perf_counter()
     ckpt = Checkpointer(ckpt_path, checkpoint_every_s) if ckpt_path is not None else None
 
     def snapshot(step):
         return {"step": step, "adapter": trainable.state_dict(), "opt": opt.state_dict(), "margins": list(margins),
+                "mismatch_margins": list(mismatch_margins),
                 "wall_s": prev_wall + time.perf_counter() - t0, "losses": list(log.values)}  # fmt: skip
 
     for step in range(start, recipe.steps):
