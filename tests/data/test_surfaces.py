@@ -30,3 +30,26 @@ def test_bad_arguments():
         make_surface("wood", (8, 64), np.random.default_rng(0))
     with pytest.raises(InvalidInputError, match="rng"):
         make_surface("wood", 64, 0)
+
+
+def test_fabric_threads_do_not_take_a_fractional_power_of_a_negative():
+    """sin(π·f) for f → 1 rounds to a tiny negative in float32; the thread shade clamps it (this
+    generator state, met in an eval run, warned 'invalid value encountered in power')."""
+    import warnings
+
+    from unidg_rt.data.surfaces import _fabric
+
+    rng = np.random.default_rng()
+    rng.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {
+            "state": 64942255907980521527857843952562225919,
+            "inc": 167074911172483275417503273356364848787,
+        },
+        "has_uint32": 0,
+        "uinteger": 0,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        img = _fabric(160, 160, rng)
+    assert np.isfinite(img).all()

@@ -80,9 +80,11 @@ def _fabric(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     fx, fy = x / period - cx, y / period - cy
     twill = rng.random() < 0.4
     warp_on_top = np.mod(cx - cy, 3) == 0 if twill else np.mod(cx + cy, 2) == 0
-    # Thread cross-section (bright at its centre) times its bow between crossings.
-    warp_shade = np.sin(np.pi * fx) ** 0.7 * (0.75 + 0.25 * np.sin(np.pi * fy))
-    weft_shade = np.sin(np.pi * fy) ** 0.7 * (0.75 + 0.25 * np.sin(np.pi * fx))
+    # Thread cross-section (bright at its centre) times its bow between crossings. sin(π·f) for
+    # f → 1 can round to a tiny negative in float32 (π rounds up): clamp before the fractional power.
+    sx, sy = np.maximum(np.sin(np.pi * fx), 0), np.maximum(np.sin(np.pi * fy), 0)
+    warp_shade = sx**0.7 * (0.75 + 0.25 * sy)
+    weft_shade = sy**0.7 * (0.75 + 0.25 * sx)
     shade = np.where(warp_on_top, warp_shade, weft_shade)
     warp_col = _color(rng, tuple(rng.uniform(40, 220, 3)), 0)
     weft_col = warp_col * rng.uniform(0.8, 1.1, 3).astype(np.float32)
