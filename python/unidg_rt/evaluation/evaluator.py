@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,12 +162,8 @@ def _summarise(rows: list[dict], cases: Sequence[EvalCase], clf, ref_embed, thre
         out[f"consistency_{key}"] = {g: float(np.mean(v)) for g, v in acc.items()}
     # what the classifier reads the results as, most frequent first: a model that paints the same
     # blob for every request shows up as one or two categories taking most of the share
-    counts: dict[str, int] = {}
-    for p in predicted:
-        counts[p] = counts.get(p, 0) + 1
-    out["predicted_share"] = {
-        c: n / len(rows) for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    }
+    counts = sorted(Counter(predicted).items(), key=lambda kv: (-kv[1], kv[0]))
+    out["predicted_share"] = {c: n / len(rows) for c, n in counts}
     feats = np.stack([r["_feats"] for r in rows])
     out["fd"] = M.frechet_distance_features(clf.embed(feats), ref_embed) if len(rows) >= 2 else float("nan")
     return out

@@ -63,6 +63,12 @@ def pack_latents(latents):
     return x.reshape(b, (h // 2) * (w // 2), c * 4)
 
 
+def left_half_tokens(h2: int, w2: int) -> np.ndarray:
+    """bool ``[h2·w2]``: the packed tokens (row-major over the ``h2 × w2`` token grid, as
+    :func:`pack_latents` orders them) of a diptych's reference (left) half."""
+    return np.arange(h2 * w2) % w2 < w2 // 2
+
+
 def unpack_latents(packed, h: int, w: int):
     """[B, (h/2)(w/2), 4C] → [B, C, h, w] (diffusers ``_unpack_latents``; h, w latent size)."""
     b, _, ch = packed.shape

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from unidg_rt.diptych import prepare_diptych
-from unidg_rt.runtime.backend import cat, pack_latents
+from unidg_rt.runtime.backend import cat, left_half_tokens, pack_latents
 from unidg_rt.sampling import scale_noise
 
 
@@ -28,9 +28,8 @@ def reference_free_input(
     feed0 = pipe._static_feed(
         dip0, np.zeros_like(embeds), np.zeros_like(pooled), n, guidance_scale, group_bias
     )
-    w_tok = dip.width // (2 * pipe.vae_scale_factor)  # tokens per half row (2x2 latent pixels each)
-    cols = np.arange(dip.num_image_tokens) % (2 * w_tok)
-    left = (cols < w_tok).astype(np.float32)[None, :, None]  # [1, N_img, 1]
+    w2 = dip.width // pipe.vae_scale_factor  # token columns of the diptych (2x2 latent pixels each)
+    left = left_half_tokens(dip.num_image_tokens // w2, w2).astype(np.float32)[None, :, None]  # [1, N_img, 1]
     a = pipe.backend.asarray  # cond0[..., :64]: the packed clean latents (gray left half)
     return {
         "cond": cond0,

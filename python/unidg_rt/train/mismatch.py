@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from unidg_rt.groups import TokenGroup
-from unidg_rt.runtime.backend import pack_latents
+from unidg_rt.runtime.backend import left_half_tokens, pack_latents
 from unidg_rt.sampling import scale_noise
 from unidg_rt.train.dataset import LatentSet
 from unidg_rt.train.sft import CategoryTable, FlowBatch
@@ -41,12 +41,6 @@ def other_categories(category: np.ndarray, num_categories: int, rng: np.random.G
     return (np.asarray(category) + shift) % num_categories
 
 
-def left_half_tokens(h2: int, w2: int) -> torch.Tensor:
-    """bool ``[N_img]``: the packed tokens (row-major over the ``h2 × w2`` grid) of the
-    diptych's reference (left) half."""
-    return torch.arange(h2 * w2) % w2 < w2 // 2
-
-
 def mismatch_batch(
     lat: LatentSet, table: CategoryTable, batch: FlowBatch, rng: np.random.Generator
 ) -> FlowBatch:
@@ -54,7 +48,8 @@ def mismatch_batch(
 
     Text-mode rows get the table row of another category; reference-mode rows the reference half
     of a random reference-mode diptych of another category (a row stays as it is when the set has
-    none). Noise, sigma and the target half are ``batch``'s; weights are the target region."""
+    none). Noise, sigma, the target half and ``target`` are ``batch``'s; weights are the target
+    region, so the swapped half is conditioning only."""
     idx = np.asarray(batch.index)
     cat = lat.category[torch.as_tensor(idx)].numpy()
     text = lat.text_mode[torch.as_tensor(idx)].numpy()
@@ -71,13 +66,13 @@ def mismatch_batch(
     # reference mode: another category's reference half
     donor = idx.copy()
     ref_pool = lat.indices(False)
-    ref_cat = lat.category[torch.as_tensor(ref_pool)].numpy() if len(ref_pool) else np.zeros(0, np.int64)
+    ref_cat = lat.category[torch.as_tensor(ref_pool)].numpy()
     for i in np.flatnonzero(~text):
         cands = ref_pool[ref_cat != cat[i]]
         if len(cands):
             donor[i] = cands[rng.integers(len(cands))]
     _, _, h, w = lat.x0.shape
-    left = left_half_tokens(h // 2, w // 2)[None, :, None]  # [1, N_img, 1]
+    left = torch.from_numpy(left_half_tokens(h // 2, w // 2))[None, :, None]  # [1, N_img, 1]
     d = torch.as_tensor(donor)
     x0_d = pack_latents(lat.x0[d])  # [B, N_img, 64]
     c = x0_d.shape[-1]
@@ -85,10 +80,9 @@ def mismatch_batch(
     z = torch.where(left, scale_noise(x0_d, batch.noise, batch.sigma[:, None, None]), hidden[..., :c])
     cond_d = torch.cat([pack_latents(lat.cond[d]), lat.mask[d].float()], dim=2)  # [B, N_img, 320]
     feed["hidden_states"] = torch.cat([z, torch.where(left, cond_d, hidden[..., c:])], dim=2)
-    target = torch.where(left, batch.noise - x0_d, batch.target)
     if feed.get("token_groups") is not None:
         t_len = feed["encoder_hidden_states"].shape[1]
         img_groups = torch.where(left[..., 0], lat.groups[d], feed["token_groups"][:, t_len:])
         feed["token_groups"] = torch.cat([feed["token_groups"][:, :t_len], img_groups], dim=1)
-    return FlowBatch(feed=feed, sigma=batch.sigma, target=target, weights=target_weights(batch, lat),
+    return FlowBatch(feed=feed, sigma=batch.sigma, target=batch.target, weights=target_weights(batch, lat),
                      noise=batch.noise, index=batch.index, encoded=None)  # fmt: skip
