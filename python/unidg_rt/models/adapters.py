@@ -15,6 +15,7 @@ FLUX.1-dev LoRAs on ``x_embedder`` (64 input channels) are zero-padded onto Fill
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
@@ -92,6 +93,8 @@ class AdapterManager:
         self._t: torch.Tensor | None = None
         self._fused: dict[str, torch.Tensor] = {}  # module name -> original weight (exact unfuse)
         self._fused_names: list[str] = []
+        #: adapter name -> strength tensor (0-d) while :meth:`strength_inputs` is active (export)
+        self._strength_inputs: dict[str, torch.Tensor] = {}
         self._pre = model.register_forward_pre_hook(self._capture_timestep, with_kwargs=True)
 
     # -------------------------------------------------------------- hooks
@@ -105,13 +108,16 @@ class AdapterManager:
         def hook(_mod, inputs, output):
             x = inputs[0]
             for ad in self.adapters.values():
-                if ad.name in self._fused_names or ad.strength == 0 or key not in ad.pairs:
+                if ad.name in self._fused_names or key not in ad.pairs:
+                    continue
+                strength = self._strength_inputs.get(ad.name, ad.strength)
+                if isinstance(strength, float) and strength == 0:
                     continue
                 pair = ad.pairs[key]
                 h = pair.lora_A(x.to(pair.lora_A.weight.dtype))  # [B, N, r]
                 if ad.gate is not None and self._t is not None:
                     h = h * ad.gate(self._t).to(h.dtype)[:, None, :]  # diag(k(t)) per sample
-                output = output + (ad.strength * ad.scale) * pair.lora_B(h).to(output.dtype)
+                output = output + (strength * ad.scale) * pair.lora_B(h).to(output.dtype)
             return output
 
         return hook
@@ -206,6 +212,19 @@ class AdapterManager:
             if n in self._fused_names and s != self.adapters[n].strength:
                 raise ValueError(f"adapter {n!r} is fused; unfuse() before changing its strength")
             self.adapters[n].strength = float(s)
+
+    @contextlib.contextmanager
+    def strength_inputs(self, strengths: dict[str, torch.Tensor]):
+        """Take each adapter's strength from a tensor (a graph input while exporting) instead of
+        its float ``strength``: the branch is then always in the graph, even at strength 0."""
+        unknown = set(strengths) - set(self.adapters)
+        if unknown:
+            raise KeyError(f"unknown adapters {sorted(unknown)}; loaded: {sorted(self.adapters)}")
+        self._strength_inputs = dict(strengths)
+        try:
+            yield
+        finally:
+            self._strength_inputs = {}
 
     def remove(self, name: str) -> None:
         if name in self._fused_names:
