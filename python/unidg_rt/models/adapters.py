@@ -213,6 +213,10 @@ class AdapterManager:
                 raise ValueError(f"adapter {n!r} is fused; unfuse() before changing its strength")
             self.adapters[n].strength = float(s)
 
+    def is_fused(self, name: str) -> bool:
+        """Whether adapter ``name`` is merged into the base weights (:meth:`fuse`)."""
+        return name in self._fused_names
+
     @contextlib.contextmanager
     def strength_inputs(self, strengths: dict[str, torch.Tensor]):
         """Take each adapter's strength from a tensor (a graph input while exporting) instead of
