@@ -8,9 +8,13 @@ removed at run time. For a target linear ``W`` and adapter ``a``::
 
 ``s_a`` is the per-call strength (hierarchical segments set it), ``k_a(t) ∈ (0, 1)^r`` the
 time-aware capacity gate ``G_t = diag(k(t))`` (``None`` = ungated, k ≡ 1), ``t`` the sigma the
-transformer is called with. External LoRAs: diffusers/peft layout (``<prefix>.<module>.lora_A.weight``
-/ ``lora_B.weight``) and the older diffusers layout (``lora.down`` / ``lora.up`` + ``.alpha``);
-FLUX.1-dev LoRAs on ``x_embedder`` (64 input channels) are zero-padded onto Fill's 384.
+transformer is called with, and ``α/r`` is each pair's own scale (kohya's per-module ``.alpha``,
+peft's ``rank_pattern`` / ``alpha_pattern``); ``Adapter.alpha / Adapter.rank`` is the adapter-wide
+value written to the metadata. External LoRAs (:meth:`AdapterManager.load_lora`): peft/diffusers
+(file, or ``PeftModel.save_pretrained`` folder; rank/alpha from diffusers' ``transformer.``-prefixed
+metadata, unprefixed metadata or ``adapter_config.json``), kohya / sd-scripts, xlabs and BFL-named
+FLUX LoRAs — see :mod:`unidg_rt.models.lora_formats`. FLUX.1-dev LoRAs on ``x_embedder`` (64 input
+channels) are zero-padded onto Fill's 384.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import fnmatch
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +32,7 @@ import torch
 from torch import nn
 
 from unidg_rt.errors import WeightsError
+from unidg_rt.models.lora_formats import check_metadata, convert_lora, pair_scale, read_lora
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +59,13 @@ class TimeGate(nn.Module):
 
 
 class LoRAPair(nn.Module):
-    def __init__(self, in_features: int, out_features: int, rank: int):
+    """``lora_B(lora_A(x))`` with its own ``scale`` (= α/r of this module; a plain float)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, scale: float = 1.0):
         super().__init__()
         self.lora_A = nn.Linear(in_features, rank, bias=False)
         self.lora_B = nn.Linear(rank, out_features, bias=False)
+        self.scale = float(scale)
 
 
 @dataclass
@@ -71,6 +80,8 @@ class Adapter:
 
     @property
     def scale(self) -> float:
+        """Adapter-wide α/r (metadata); the forward and :meth:`AdapterManager.delta` use each
+        pair's own ``LoRAPair.scale``."""
         return self.alpha / self.rank
 
     def parameters(self):
@@ -117,7 +128,7 @@ class AdapterManager:
                 h = pair.lora_A(x.to(pair.lora_A.weight.dtype))  # [B, N, r]
                 if ad.gate is not None and self._t is not None:
                     h = h * ad.gate(self._t).to(h.dtype)[:, None, :]  # diag(k(t)) per sample
-                output = output + (strength * ad.scale) * pair.lora_B(h).to(output.dtype)
+                output = output + (strength * pair.scale) * pair.lora_B(h).to(output.dtype)
             return output
 
         return hook
@@ -149,58 +160,80 @@ class AdapterManager:
         if not names:
             raise ValueError(f"no Linear module matches targets {targets}")
         ref = self._linear(names[0]).weight
+        alpha = float(alpha or rank)
         pairs = nn.ModuleDict()
         for n in names:
             lin = self._linear(n)
-            pair = LoRAPair(lin.in_features, lin.out_features, rank).to(ref.device, torch.float32)
+            pair = LoRAPair(lin.in_features, lin.out_features, rank, alpha / rank).to(
+                ref.device, torch.float32
+            )
             nn.init.kaiming_uniform_(pair.lora_A.weight, a=math.sqrt(5))
             if init == "zeros":
                 nn.init.zeros_(pair.lora_B.weight)
             pairs[_key(n)] = pair
             self._ensure_hook(n)
         gate = TimeGate(rank).to(ref.device) if gated else None
-        ad = Adapter(name, rank, float(alpha or rank), pairs, gate)
+        ad = Adapter(name, rank, alpha, pairs, gate)
         self.adapters[name] = ad
         return ad
 
-    def load_lora(self, source, name: str, strength: float = 1.0, prefix: str = "transformer.") -> Adapter:
-        """Load a diffusers/peft-layout LoRA (path or state dict). Returns the adapter."""
-        sd, meta = _read_lora(source)
-        sd = _normalise_lora_keys(sd, prefix)
-        modules = sorted({k.rsplit(".lora_", 1)[0] for k in sd if ".lora_A." in k})
-        if not modules:
+    def load_lora(
+        self,
+        source,
+        name: str,
+        strength: float = 1.0,
+        prefix: str = "transformer.",
+        metadata: dict | None = None,
+    ) -> Adapter:
+        """Load a LoRA (state dict, ``.safetensors`` file or peft folder) in any layout of
+        :mod:`~unidg_rt.models.lora_formats`; ``metadata`` (``r``, ``lora_alpha``, peft's
+        ``rank_pattern`` / ``alpha_pattern``) overrides what the file carries. Returns the adapter."""
+        sd, meta = read_lora(source, prefix)
+        if metadata is not None:
+            meta = {**meta, **metadata}
+        check_metadata(meta)
+        try:
+            entries, extras, layouts = convert_lora(sd, self.model, prefix)
+        except WeightsError as exc:
             raise WeightsError(
-                f"{source!r}: no LoRA tensors found (expected '*.lora_A.weight' / '*.lora_B.weight')"
-            )
-        rank = sd[f"{modules[0]}.lora_A.weight"].shape[0]
-        alpha = float(meta.get("lora_alpha", meta.get("alpha", rank)))
-        pairs = nn.ModuleDict()
+                f"LoRA {source if not isinstance(source, dict) else 'state dict'}: {exc}"
+            ) from exc
         ref = next(self.model.parameters())
-        for m in modules:
-            try:
-                lin = self._linear(m)
-            except AttributeError as exc:
-                raise WeightsError(f"LoRA targets module {m!r}, which this model does not have") from exc
-            a, b = sd[f"{m}.lora_A.weight"].float(), sd[f"{m}.lora_B.weight"].float()
-            if f"{m}.alpha" in sd:  # old diffusers/kohya: per-module alpha
-                alpha = float(sd[f"{m}.alpha"])
+        built: dict[str, LoRAPair] = {}
+        for e in sorted(entries, key=lambda e: e.module):
+            lin = self._linear(e.module)
+            a, b = e.down.float(), e.up.float()
             if a.shape[1] < lin.in_features:  # FLUX.1-dev LoRA on Fill's wider x_embedder: zero-pad
-                logger.info("zero-padding LoRA %s input %d -> %d", m, a.shape[1], lin.in_features)
+                logger.info("zero-padding LoRA %s input %d -> %d", e.module, a.shape[1], lin.in_features)
                 a = torch.cat([a, a.new_zeros(a.shape[0], lin.in_features - a.shape[1])], dim=1)
-            if a.shape[1] != lin.in_features or b.shape[0] != lin.out_features:
+            if a.shape[1] != lin.in_features or b.shape[0] != lin.out_features or b.shape[1] != a.shape[0]:
                 raise WeightsError(
-                    f"LoRA for {m}: A {tuple(a.shape)} / B {tuple(b.shape)} do not fit Linear({lin.in_features}, {lin.out_features})"
+                    f"LoRA {e.source!r} for {e.module}: A {tuple(a.shape)} / B {tuple(b.shape)} do not fit "
+                    f"Linear({lin.in_features}, {lin.out_features}); it was trained for another architecture"
                 )
-            pair = LoRAPair(lin.in_features, lin.out_features, a.shape[0]).to(ref.device, torch.float32)
+            pair = LoRAPair(lin.in_features, lin.out_features, a.shape[0], pair_scale(e, meta))
+            pair = pair.to(ref.device, torch.float32)
             pair.lora_A.weight.data.copy_(a)
             pair.lora_B.weight.data.copy_(b)
+            built[e.module] = pair
+        ranks = Counter(p.lora_A.out_features for p in built.values())
+        rank = ranks.most_common(1)[0][0]
+        alphas = Counter(p.scale * p.lora_A.out_features for p in built.values())
+        alpha = float(meta.get("lora_alpha", meta.get("alpha", alphas.most_common(1)[0][0])))
+        gate = None
+        if "gate.a" in extras:
+            if len(ranks) > 1:
+                raise WeightsError(
+                    f"gated LoRA {name!r} has modules of ranks {sorted(ranks)}; a gate needs one rank"
+                )
+            gate = TimeGate(rank).to(ref.device)
+            gate.load_state_dict({"a": extras["gate.a"], "b": extras["gate.b"]})
+        pairs = nn.ModuleDict()
+        for m, pair in built.items():
             pairs[_key(m)] = pair
             self._ensure_hook(m)
-        gate = None
-        if "gate.a" in sd:
-            gate = TimeGate(rank).to(ref.device)
-            gate.load_state_dict({"a": sd["gate.a"], "b": sd["gate.b"]})
-        ad = Adapter(name, rank, alpha, pairs, gate, strength, meta)
+        logger.info("LoRA %r: %d modules, layout %s", name, len(pairs), "+".join(sorted(layouts)))
+        ad = Adapter(name, rank, alpha, pairs, gate, strength, {**meta, "layout": "+".join(sorted(layouts))})
         self.adapters[name] = ad
         return ad
 
@@ -244,7 +277,7 @@ class AdapterManager:
             if t is None:
                 raise ValueError(f"adapter {name!r} is time-gated: pass t (sigma) to fuse it")
             a = ad.gate(torch.tensor([t], device=a.device))[0][:, None] * a
-        return (ad.strength * ad.scale) * (pair.lora_B.weight @ a)
+        return (ad.strength * pair.scale) * (pair.lora_B.weight @ a)
 
     @torch.no_grad()
     def fuse(self, names=None, t: float | None = None) -> None:
@@ -289,11 +322,19 @@ class AdapterManager:
         from safetensors.torch import save_file
 
         ad = self.adapters[name]
-        meta = {
-            "lora_adapter_metadata": json.dumps(
-                {"r": ad.rank, "lora_alpha": ad.alpha, "gated": ad.gate is not None}
-            )
-        }
+        info = {"r": ad.rank, "lora_alpha": ad.alpha, "gated": ad.gate is not None}
+        ranks, alphas = {}, {}  # peft's patterns for pairs off the adapter-wide r / alpha (exact round trip)
+        for key, pair in ad.pairs.items():
+            m, r = key.replace("::", "."), pair.lora_A.out_features
+            if r != ad.rank:
+                ranks[f"^{m}"] = r
+            if pair.scale != ad.alpha / r:
+                alphas[f"^{m}"] = pair.scale * r
+        if ranks:
+            info["rank_pattern"] = ranks
+        if alphas:
+            info["alpha_pattern"] = alphas
+        meta = {"lora_adapter_metadata": json.dumps(info)}
         save_file(self.state_dict(name), str(path), metadata=meta)
         return Path(path)
 
@@ -301,41 +342,3 @@ class AdapterManager:
 # ------------------------------------------------------------------ key handling
 def _match(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _read_lora(source) -> tuple[dict[str, torch.Tensor], dict]:
-    if isinstance(source, dict):
-        return dict(source), {}
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(source)
-    if not path.exists():
-        raise WeightsError(f"LoRA file {path} does not exist")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            raw_meta = f.metadata() or {}
-        sd = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise WeightsError(f"LoRA file {path} is not a readable .safetensors file ({exc})") from exc
-    meta = json.loads(raw_meta.get("lora_adapter_metadata", "{}"))
-    return sd, meta
-
-
-def _normalise_lora_keys(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """→ ``<module>.lora_A.weight`` / ``lora_B.weight`` (+ ``<module>.alpha``), prefix stripped."""
-    out = {}
-    for k, v in sd.items():
-        if k.startswith("gate."):
-            out[k] = v
-            continue
-        k2 = k.removeprefix(prefix).removeprefix("base_model.model.")
-        k2 = k2.replace(".lora.down.weight", ".lora_A.weight").replace(".lora.up.weight", ".lora_B.weight")
-        k2 = k2.replace(".lora_down.weight", ".lora_A.weight").replace(".lora_up.weight", ".lora_B.weight")
-        k2 = k2.replace(".lora_A.default.weight", ".lora_A.weight").replace(
-            ".lora_B.default.weight", ".lora_B.weight"
-        )
-        out[k2] = v
-    return out
