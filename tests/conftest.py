@@ -1,12 +1,91 @@
-"""Shared fixtures. Markers: gpu (CUDA only), trt (TensorRT bindings), slow (excluded by default)."""
+"""Shared fixtures. Markers: gpu (CUDA only), trt (TensorRT bindings), slow (excluded by default).
+
+Under ``CI=true`` (``.ci/run``) a missing dependency that scripts/test.sh installs is a failure,
+never a skip: the session refuses to start when one of ``CI_REQUIRED`` does not import,
+``pytest.importorskip`` of one of them fails instead of skipping, and a test skipped for a missing
+dependency (reason naming a ``pip install`` / ModelOpt / missing bindings) is reported failed."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 
 import pytest
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # kernels run on CPU under Triton's interpreter
+
+#: what scripts/test.sh installs (extras torch, export, kernels, text, ray, trt-rtx, quant + the dev
+#: group), as import names; CI must import every one of them
+CI_REQUIRED = (
+    "unidg_rt", "torch", "numpy", "onnx", "onnxscript", "onnxruntime", "triton", "transformers",
+    "tokenizers", "ray", "ray.data", "tensorrt_rtx_bindings", "modelopt.onnx.quantization",
+    "onnx_graphsurgeon", "polygraphy", "diffusers", "peft", "hypothesis", "pytest_benchmark",
+)  # fmt: skip
+#: skip reasons that mean "a dependency is missing" (importorskip's own wording included)
+DEPENDENCY_SKIP = re.compile(r"could not import|pip install|bindings missing|modelopt", re.IGNORECASE)
+
+
+def ci_mode() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def ci_required(modname: str) -> bool:
+    """``modname`` (or its top-level package) is something CI installs."""
+    top = {m.split(".")[0] for m in CI_REQUIRED}
+    return modname in CI_REQUIRED or modname.split(".")[0] in top
+
+
+def missing_ci_modules(modules=CI_REQUIRED) -> dict[str, str]:
+    """``{module: error}`` for each module that does not import."""
+    missing = {}
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any import failure counts as missing
+            missing[name] = f"{type(exc).__name__}: {exc}"
+    return missing
+
+
+_importorskip = pytest.importorskip
+
+
+def strict_importorskip(modname, minversion=None, reason=None, **kwargs):
+    """``pytest.importorskip`` that fails instead of skipping in CI for a module CI installs."""
+    try:
+        return _importorskip(modname, minversion=minversion, reason=reason, **kwargs)
+    except pytest.skip.Exception as exc:
+        if ci_mode() and ci_required(modname):
+            pytest.fail(
+                f"CI=true: {modname!r} must import (scripts/test.sh installs it): {exc}", pytrace=False
+            )
+        raise
+
+
+pytest.importorskip = strict_importorskip
+
+
+def pytest_sessionstart(session):
+    if not ci_mode():
+        return
+    missing = missing_ci_modules()
+    if missing:
+        lines = "\n".join(f"  {name}: {err}" for name, err in missing.items())
+        pytest.exit(f"CI=true but modules scripts/test.sh installs do not import:\n{lines}", returncode=1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not (ci_mode() and report.skipped and isinstance(report.longrepr, tuple)) or hasattr(
+        report, "wasxfail"
+    ):
+        return
+    reason = str(report.longrepr[2])
+    if DEPENDENCY_SKIP.search(reason):
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: skipped for a missing dependency CI must have: {reason}"
 
 
 def pytest_collection_modifyitems(config, items):

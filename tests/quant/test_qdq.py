@@ -41,9 +41,9 @@ def test_plan_keeps_first_last_modulation_and_attention(calibrated):
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
-def test_graph_validates(quantized, precision):
-    if precision not in quantized.paths:
-        pytest.skip("FP8 needs nvidia-modelopt")
+def test_graph_validates(quantized, precision, request):
+    if precision == "fp8":
+        request.getfixturevalue("needs_modelopt")
     path = quantized.paths[precision]
     rep = validate_qdq(path)  # arguments from the model metadata the quantiser wrote
     assert rep.ok, rep.problems

@@ -172,13 +172,23 @@ def _reader(feeds: list[dict[str, np.ndarray]]):
 
 
 # ---------------------------------------------------------------------- quantisers
-def modelopt_available() -> bool:
-    """ModelOpt's ONNX quantizer imports (it needs onnx_graphsurgeon, polygraphy, lief… besides)."""
+def modelopt_unavailable_reason() -> str | None:
+    """Why ModelOpt's ONNX quantizer cannot be used here (the import error and the install
+    command), or ``None`` when it imports (it needs onnx_graphsurgeon, polygraphy, lief… besides)."""
     try:
         import modelopt.onnx.quantization  # noqa: F401
-    except Exception:  # noqa: BLE001 - ImportError, or its optional deps failing at import
-        return False
-    return True
+    except Exception as exc:  # noqa: BLE001 - ImportError, or its optional deps failing at import
+        return f"ModelOpt's ONNX quantizer does not import ({type(exc).__name__}: {exc}); {_MODELOPT_HINT}"
+    return None
+
+
+def modelopt_available() -> bool:
+    """ModelOpt's ONNX quantizer imports; when not, the reason is logged (INFO) and
+    :func:`modelopt_unavailable_reason` returns it."""
+    reason = modelopt_unavailable_reason()
+    if reason is not None:
+        logger.info("%s", reason)
+    return reason is None
 
 
 def resolve_backend(backend: str, precision: str) -> str:
