@@ -124,4 +124,6 @@ def test_loading_peak_ram_about_one_times_weights(tmp_path):
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     )
     assert size_mb > 100
-    assert 0.5 * size_mb < grew_mb < 1.35 * size_mb, f"loading {size_mb:.0f} MB grew RSS by {grew_mb:.0f} MB"
+    print(f"loading {size_mb:.0f} MB grew peak RSS by {grew_mb:.0f} MB ({grew_mb / size_mb:.2f}x)")
+    # README states "peak RSS growth ≤ 1.2× the weights (measured 1.05×)"
+    assert 0.5 * size_mb < grew_mb <= 1.2 * size_mb, f"loading {size_mb:.0f} MB grew RSS by {grew_mb:.0f} MB"
