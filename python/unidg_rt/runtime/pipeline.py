@@ -16,7 +16,7 @@ import numpy as np
 
 from unidg_rt.diptych import MASKED_VALUE, Diptych, prepare_diptych
 from unidg_rt.embeddings import EmbeddingsCache
-from unidg_rt.errors import ConfigError, InvalidInputError
+from unidg_rt.errors import ConfigError, InvalidInputError, WeightsError
 from unidg_rt.groups import NUM_GROUPS, default_group_bias, text_token_groups
 from unidg_rt.runtime.backend import cat, latent_image_ids, pack_latents, unpack_latents
 from unidg_rt.runtime.outputs import UniDGPipelineOutput, format_images
@@ -85,22 +85,51 @@ class UniDGPipeline:
         text_encoders=None,
         text_seq_len: int | None = None,
         image_prompt_encoder=None,
+        fast_path="auto",
+        precision: str | None = None,
+        config=None,
+        vae: str | Path | None = None,
     ) -> UniDGPipeline:
         """Load a UniDG checkpoint (``None`` = the embedded default model; a file, or a folder
         holding ``model.safetensors`` as ``unidg-rt train`` writes) or a diffusers folder into the
         torch backend. ``embeddings``: a category cache (defaults to the one beside the
-        checkpoint, ``embeddings.safetensors``)."""
+        checkpoint, ``embeddings.safetensors``). ``fast_path``: ``"auto"`` (on for CUDA, off on
+        CPU), ``True``/``"on"`` (CUDA only; an error elsewhere), ``False``/``"off"``, or a
+        :class:`~unidg_rt.runtime.optimize.FastPathConfig`; ``precision="fp8"`` adds FP8 linears to
+        it. A bare transformer file (e.g. BFL's ``flux1-fill-dev.safetensors``) needs ``config``
+        (a ``FluxConfig`` or preset name such as ``"flux-fill"``) and ``vae`` (a VAE folder/file)."""
         from unidg_rt.models.loading import load_transformer, load_vae, read_card
         from unidg_rt.runtime.assets import default_model_path
+        from unidg_rt.runtime.optimize import apply_fast_path, check_device, resolve_fast_path
         from unidg_rt.runtime.torch_backend import TorchBackend
 
+        check_device(device)
+        fast = resolve_fast_path(fast_path, device, precision)  # fail before loading anything
+        if precision not in (None, "fp8"):
+            raise ConfigError(
+                f"precision={precision!r} is not a torch precision: use dtype= (float32/bfloat16/float16), "
+                "precision='fp8' (FP8 fast path), or from_onnx(..., precision=...) for quantised exports"
+            )
         path = Path(path) if path is not None else default_model_path()
         card = read_card(path) if path.is_file() else None
         if card is None and (path / "model.safetensors").is_file():  # a unidg-rt folder (``train --out``)
             card = read_card(path / "model.safetensors")
             path = path / "model.safetensors" if card is not None else path
-        transformer = load_transformer(path)
-        vae = load_vae(path)
+        if isinstance(config, str):
+            from unidg_rt.models.presets import PRESETS
+
+            if config not in PRESETS:
+                raise ConfigError(
+                    f"config={config!r} is not a preset; use one of {sorted(PRESETS)} or a FluxConfig"
+                )
+            config = PRESETS[config][0]()
+        if card is None and path.is_file() and (config is None or vae is None):
+            raise WeightsError(
+                f"{path} has no UniDG model card (a bare transformer file): pass config= (a FluxConfig or preset "
+                "name, e.g. config='flux-fill') and vae= (a VAE folder, e.g. 'FLUX.1-Fill-dev/vae') to from_pretrained"
+            )
+        transformer = load_transformer(path, config=config)
+        vae = load_vae(path if vae is None else Path(vae))
         backend = TorchBackend(transformer, vae, device=device, dtype=dtype, attention_form=attention_form)
         defaults = dict(card.defaults) if card else {}
         cache = _load_embeddings(embeddings, path)
@@ -115,6 +144,8 @@ class UniDGPipeline:
             reference_encoder = TorchReferenceEncoder.from_file(
                 base / defaults["reference_encoder"]["file"], device=device
             )
+        if fast is not None:  # after the adapters: fused QKV carries their hooks
+            apply_fast_path(backend, fast)
         return cls(
             backend,
             text_seq_len=text_seq_len or defaults.get("text_seq_len", 512),
