@@ -132,7 +132,7 @@ def test_rtx_portable_and_ampere_plus_targets():
 def test_inspect_plan_reports_manifest(plan):
     info = mf.inspect_plan(plan.plan_path)
     assert info["status"].startswith("ok") and info["name_fields"]["target"] == "sm89"
-    assert info["manifest"]["layer_report"]["fused_mha"] == 1
+    assert info["manifest"]["layer_report"] == plan.manifest["layer_report"]  # the sidecar, as written
 
 
 def test_cli_inspect_plan(plan):
@@ -228,30 +228,45 @@ def test_trt_backend_imports_without_tensorrt_and_needs_cuda(tmp_path):
 
 
 def test_trt_runner_feed_adaptation_matches_ort():
-    """The part of the TensorRT runner that needs no GPU: optional inputs filled like ORT does."""
+    """The part of the TensorRT runner that needs no GPU: optional inputs filled, tables broadcast and
+    groups reduced exactly as ONNX Runtime's transformer runner prepares the same feed (both runners
+    built without an engine / session; nothing is executed)."""
     import types
 
     import numpy as np
     import torch
 
+    from unidg_rt.runtime.ort_backend import OrtTransformerRunner
     from unidg_rt.runtime.trt_backend import TRTRunner
 
+    names = ("hidden_states", "encoder_hidden_states", "token_groups", "group_bias")
     runner = TRTRunner.__new__(TRTRunner)
     runner.torch, runner.device = torch, torch.device("cpu")
     runner.plan_path = mf.Path("transformer-fold.fp16.sm89.trtrtx-1.7.1.116.000000000000.plan")
-    runner.input_names = ("hidden_states", "encoder_hidden_states", "token_groups", "group_bias")
+    runner.input_names = names
     runner.engine = types.SimpleNamespace(get_tensor_shape=lambda name: (4, 2, 6, 6))
+    ort = OrtTransformerRunner.__new__(OrtTransformerRunner)
+    ort.component, ort.input_names = "transformer", names
+    ort._shapes = {"group_bias": (4, 2, 6, 6)}
+    ort._dtypes = {"hidden_states": np.float32, "encoder_hidden_states": np.float32, "token_groups": np.int64,
+                   "group_bias": np.float32}  # fmt: skip
+
+    def same_as_ort(feed):
+        trt_feed, ort_feed = runner._adapt(feed), ort.prepare(feed)
+        assert set(trt_feed) == set(ort_feed) == set(names)
+        for name in names:
+            np.testing.assert_array_equal(np.asarray(trt_feed[name]), ort_feed[name], err_msg=name)
+        return trt_feed
+
     base = {
         "hidden_states": np.zeros((1, 16, 8), np.float32),
         "encoder_hidden_states": np.zeros((1, 8, 4), np.float32),
     }
-    feed = runner._adapt(
-        {**base, "token_groups": None, "group_bias": None, "guidance": np.ones(1, np.float32)}
-    )
+    feed = same_as_ort({**base, "token_groups": None, "group_bias": None, "guidance": np.ones(1, np.float32)})
     assert tuple(feed["token_groups"].shape) == (24,) and tuple(feed["group_bias"].shape) == (4, 2, 6, 6)
     assert "guidance" not in feed and not feed["group_bias"].any()
     table = np.arange(36, dtype=np.float32).reshape(6, 6)
-    feed = runner._adapt({**base, "token_groups": np.zeros((2, 24), np.int64), "group_bias": table})
+    feed = same_as_ort({**base, "token_groups": np.zeros((2, 24), np.int64), "group_bias": table})
     assert tuple(feed["token_groups"].shape) == (24,) and torch.equal(
         feed["group_bias"][3, 1], torch.from_numpy(table)
     )
