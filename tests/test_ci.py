@@ -134,3 +134,47 @@ def test_readme_verification_table_is_generated():
     proc = subprocess.run([sys.executable, "scripts/verification_table.py", "--check"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _table_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "verification_table", ROOT / "scripts" / "verification_table.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_cells_and_last_run_results(tmp_path):
+    """A tick needs tests CI runs; a gpu test cannot stand behind one; with the last run's junit
+    files, a skipped, failed or missing test behind a tick is reported."""
+    vt = _table_module()
+    items = {"tests/a/test_x.py::test_ok[1]": [], "tests/a/test_x.py::test_ok[2]": ["parametrize"],
+             "tests/a/test_x.py::test_gpu": ["gpu"], "tests/a/test_x.py::test_slow": ["slow", "trt"],
+             "tests/a/test_x.py::test_skipped": []}  # fmt: skip
+    rows = [{"component": "c", "cpu": ["tests/a/test_x.py::test_ok"], "cpu_note": "n", "trt": ["tests/a/test_x.py::test_slow"]},
+            {"component": "d", "cpu": ["tests/a/test_x.py::test_skipped"]}]  # fmt: skip
+    assert vt.render(rows, items).splitlines()[2] == "| c | ✅ n | ✅ (slow run) | — |  |"
+    assert vt.row_tests({"cpu": ["tests/a/test_x.py"]}, "cpu", items) == sorted(
+        set(items) - {"tests/a/test_x.py::test_gpu"}
+    )
+    with pytest.raises(vt.TableError, match="gpu tests CI never runs"):
+        vt.match("tests/a/test_x.py::test_gpu", items)
+    with pytest.raises(vt.TableError, match="matches no collected test"):
+        vt.match("tests/a/test_x.py::test_renamed", items)
+    junit = tmp_path / "r.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.a.test_x" name="test_ok[1]"/>'
+        '<testcase classname="tests.a.test_x" name="test_ok[2]"/>'
+        '<testcase classname="tests.a.test_x" name="test_skipped"><skipped message="pip install x"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    problems = vt.check_results(rows, items, [junit])
+    assert sorted(p.split(":")[0] for p in problems) == ["not run", "skipped"], problems
+    bad = tmp_path / "v.toml"  # a hand-written tick is refused
+    bad.write_text('[[row]]\ncomponent = "x"\ncpu_note = "✅ trust me"\n')
+    with pytest.raises(vt.TableError, match="generated from tests"):
+        vt.load_rows(bad)
