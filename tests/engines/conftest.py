@@ -1,5 +1,9 @@
 """Engine-test fixtures: a configurable fake ``tensorrt`` module (feature-detection tests need no
-bindings), a tiny ONNX file, and a terminal-summary section listing what TensorRT-RTX fused."""
+bindings), a tiny ONNX file, and a terminal-summary section listing what TensorRT-RTX fused.
+
+The fake proves what our code asks a builder for (network flags, precision flags, targets,
+profiles, timing cache) and the refusals around it; its layer log is one canned line, so no test
+asserts fusion from it — what a builder fuses comes only from the real TensorRT-RTX builds."""
 
 from __future__ import annotations
 
