@@ -34,6 +34,10 @@ def train(
     preview: bool = typer.Option(
         False, help="write <out>/preview.png (reference | target | SFT | SFT+APO | GT)"
     ),
+    device: Optional[str] = typer.Option(
+        None,
+        help="SFT stage device: cpu | cuda (default: the recipe's, cpu); VAE / APO stages run on the CPU",
+    ),
     log_level: str = typer.Option("INFO", help="logging level"),
 ) -> None:
     """Train the tiny UniDG model: VAE → Diversity-SFT → APO (CPU-sized recipe, seeded)."""
@@ -47,6 +51,9 @@ def train(
     rec = Recipe.load(recipe).with_steps(stage, steps)
     if seed is not None:
         rec.seed = int(seed)
+    if device is not None:
+        rec.device = device
+    _check_device(rec.device)
     t0 = time.perf_counter()
     if stage == "ship" and not (out / "train_report.json").is_file():
         raise InvalidInputError(f"{out} holds no finished run: train first (unidg-rt train all --out {out})")
@@ -75,6 +82,15 @@ def train(
                       f"{s.get('wall_s', 0):.1f}")  # fmt: skip
     Console().print(table)
     console.print(f"done in {elapsed:.1f} s; report: {out / 'train_report.json'}")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InvalidInputError(f"--device {device!r} unknown: use cpu or cuda (cuda:N)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidInputError(f"--device {device}: torch sees no CUDA device here; use --device cpu")
 
 
 def register(app: typer.Typer) -> None:

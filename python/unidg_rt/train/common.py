@@ -137,7 +137,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
+        "device": "cpu",  # of the CPU stages; the SFT stage records its own ("device" in its entry)
     }
 
 

@@ -113,31 +113,61 @@ def _pair_samples(pair, category_row: int, size: int, crop: dict | None = None) 
     return out
 
 
-def build_diptych_set(recipe: DataRecipe, seed: int, num_pairs: int | None = None) -> DiptychSet:
-    """Deterministic in ``(recipe, seed)``: pair ``i`` uses category ``i mod C`` and seeds from
-    :func:`stage_seed`, so the set does not depend on thread count or build order."""
+def pair_rows(
+    recipe: DataRecipe, seed: int, i: int, cats: list[str], copy_fraction: float | None = None
+) -> list[tuple]:
+    """The four diptych rows of pair ``i`` (category ``i mod C``, seeds from :func:`stage_seed`);
+    with ``copy_fraction`` (default: the recipe's) of the pairs a copy pair
+    (:func:`unidg_rt.data.copies.make_copy_pair`), decided by a stream of its own so the
+    independent pairs are the same with or without copies."""
     from unidg_rt.data import SURFACE_KINDS, make_reference_pair
+    from unidg_rt.data.copies import copy_categories, make_copy_pair
 
-    cats = training_categories()
-    n = recipe.num_pairs if num_pairs is None else num_pairs
-    rows = []
-    for i in range(n):
-        rng = np.random.default_rng(stage_seed(seed, "data", i))
-        ref_surface = SURFACE_KINDS[int(rng.integers(len(SURFACE_KINDS)))]
-        tgt_surface = ref_surface
-        if rng.random() < recipe.cross_surface:
-            tgt_surface = SURFACE_KINDS[int(rng.integers(len(SURFACE_KINDS)))]
-        pair = make_reference_pair(
-            int(rng.integers(0, 2**62)), cats[i % len(cats)], ref_surface, tgt_surface, recipe.source_size
-        )
-        rows.extend(_pair_samples(pair, i % len(cats), recipe.gen_size, recipe.crop))
+    frac = recipe.copy_fraction if copy_fraction is None else copy_fraction
+    cat = cats[i % len(cats)]
+    rng = np.random.default_rng(stage_seed(seed, "data", i))
+    ref_surface = SURFACE_KINDS[int(rng.integers(len(SURFACE_KINDS)))]
+    tgt_surface = ref_surface
+    if rng.random() < recipe.cross_surface:
+        tgt_surface = SURFACE_KINDS[int(rng.integers(len(SURFACE_KINDS)))]
+    pair_seed = int(rng.integers(0, 2**62))
+    if frac > 0 and cat in copy_categories():
+        copy_rng = np.random.default_rng([stage_seed(seed, "data", i), 1])
+        if copy_rng.random() < frac:
+            pair, _ = make_copy_pair(pair_seed, cat, ref_surface, tgt_surface, recipe.source_size,
+                                     tuple(recipe.copy_scale_range))  # fmt: skip
+            return _pair_samples(pair, i % len(cats), recipe.gen_size, recipe.crop)
+    pair = make_reference_pair(pair_seed, cat, ref_surface, tgt_surface, recipe.source_size)
+    return _pair_samples(pair, i % len(cats), recipe.gen_size, recipe.crop)
+
+
+def rows_to_set(rows: list[tuple], cats: list[str]) -> DiptychSet:
     gt, masked, inpaint, groups, cat, text, ref_mask = zip(*rows, strict=True)
-    logger.info("built %d diptychs (%d pairs, %dx%d)", len(gt), n, recipe.gen_size, 2 * recipe.gen_size)
     return DiptychSet(
         image_gt=np.stack(gt), image_masked=np.stack(masked), inpaint=np.stack(inpaint),
         groups=np.stack(groups), category=np.asarray(cat, np.int64), text_mode=np.asarray(text, bool),
         categories=[normalize_category(c) for c in cats], reference_mask=np.stack(ref_mask),
     )  # fmt: skip
+
+
+def build_diptych_set(
+    recipe: DataRecipe,
+    seed: int,
+    num_pairs: int | None = None,
+    *,
+    start: int = 0,
+    copy_fraction: float | None = None,
+) -> DiptychSet:
+    """Deterministic in ``(recipe, seed)``: pairs ``start … start + n - 1`` (:func:`pair_rows`), so
+    the set does not depend on thread count or build order; ``copy_fraction`` overrides the
+    recipe's (held-out sets use 0)."""
+    cats = training_categories()
+    n = recipe.num_pairs if num_pairs is None else num_pairs
+    rows = []
+    for i in range(start, start + n):
+        rows.extend(pair_rows(recipe, seed, i, cats, copy_fraction))
+    logger.info("built %d diptychs (%d pairs, %dx%d)", len(rows), n, recipe.gen_size, 2 * recipe.gen_size)
+    return rows_to_set(rows, cats)
 
 
 @dataclass

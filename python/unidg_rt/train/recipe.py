@@ -39,6 +39,12 @@ class DataRecipe:
     crop: dict[str, float] = field(
         default_factory=lambda: {"context": 0.05, "min_side": 32, "max_margin": 0.5}
     )
+    # copy pairs (unidg_rt.data.copies): this share of the pairs carries ONE defect instance on
+    # both items (same renderer stream, size and colour; the target's copy warped by a scale in
+    # copy_scale_range, a random rotation and a new centre), so copying the reference is the best
+    # prediction; the rest stay independent same-category pairs. 0 = off (the shipped v1 data).
+    copy_fraction: float = 0.0
+    copy_scale_range: list[float] = field(default_factory=lambda: [0.7, 1.4])
 
 
 @dataclass
@@ -57,6 +63,9 @@ class VAERecipe:
     kl: float = 1e-6  # small, like FLUX's VAE: latents stay close to deterministic
     color: float = 1.0  # L1 between 8×8-average-pooled images (low-frequency colour fidelity)
     stats_images: int = 128  # diptychs encoded (gt + masked) for shift_factor / scaling_factor
+    # take the VAE from an existing UniDG checkpoint (e.g. the shipped model.safetensors) instead
+    # of training one: needed to warm-start SFT from that checkpoint (sft.init_from)
+    from_checkpoint: str | None = None
     autocast_bf16: bool = True  # training forward in bf16 autocast (latents are computed in fp32)
     logvar_init: float | None = -6.0  # initial posterior log-variance bias (None = PyTorch default)
     # defects are a few % of the pixels: without these the VAE learns textures and blurs defects
@@ -96,6 +105,20 @@ class SFTRecipe:
     # model does not use it.
     ref_width: int = 0
     ref_align: float = 1.0
+    # --- issue 18 levers (all off by default = the v1 recipe; see docs/default-model.md) ---
+    # EMA of the transformer + category-table weights (decay per step; 0 = off). With it on, the
+    # held-out curve, the saved weights and everything downstream (APO, shipping) use the EMA copy.
+    ema: float = 0.0
+    # fresh data: every `fresh_every` steps one new procedural pair (4 diptychs, encoded on the fly)
+    # replaces the oldest pair of the latent bank (a ring of data.num_pairs pairs); 0 = fixed set
+    fresh_every: int = 0
+    # warm start: transformer weights from this UniDG checkpoint and the category table from the
+    # embeddings.safetensors beside it (use with vae.from_checkpoint of the same file)
+    init_from: str | None = None
+    # held-out flow loss (independent pairs from a disjoint seed stream, reference and text mode
+    # separately) every eval_every steps into the report's learning curve; 0 = off
+    eval_every: int = 0
+    heldout_pairs: int = 32
 
 
 @dataclass
@@ -186,6 +209,7 @@ class Recipe:
     seed: int = 0
     arch: str = "default"  # unidg_rt.models.presets.PRESETS key (transformer + VAE)
     threads: int = 1  # torch intra-op threads (1 is fastest on a shared, oversubscribed CPU)
+    device: str = "cpu"  # SFT stage device ("cpu" / "cuda"); VAE / APO stages run on the CPU
     checkpoint_every_s: float = 180.0
     data: DataRecipe = field(default_factory=DataRecipe)
     vae: VAERecipe = field(default_factory=VAERecipe)

@@ -123,9 +123,18 @@ class Run:
     def vae(self):
         from unidg_rt.train.vae import calibrate_latents, reconstruction_error, save_vae, train_vae
 
+        r = self.recipe
+        if r.vae.from_checkpoint:  # reuse a trained VAE (warm-started SFT needs its latent space)
+            from unidg_rt.models.loading import load_vae
+
+            vae = load_vae(r.vae.from_checkpoint, dtype=torch.float32).float()
+            save_vae(self.path("vae.safetensors"), vae)
+            self._record("vae", {"from_checkpoint": str(r.vae.from_checkpoint), "steps": 0, "wall_s": 0.0,
+                                 "params": sum(p.numel() for p in vae.parameters()),
+                                 "config": vae.config.to_dict()})  # fmt: skip
+            return vae
         dset = self.diptychs()
         _, vcfg = arch_configs(self.recipe)
-        r = self.recipe
         vae, summary = train_vae(dset, r.vae, vcfg, r.seed, self._ckpt("vae"), r.checkpoint_every_s)
         t0 = time.perf_counter()
         stats = calibrate_latents(vae, dset, r.vae.stats_images)
@@ -167,8 +176,17 @@ class Run:
         vae = load_vae_file(self.path("vae.safetensors"))
         lat = self.latents(vae)
         tcfg, _ = arch_configs(r)
+        from unidg_rt.train.levers import FreshStream, heldout_latents
+
+        fresh = (
+            FreshStream(vae, r.data, r.seed, r.sft.fresh_every, len(lat) // 4) if r.sft.fresh_every else None
+        )
+        heldout = heldout_latents(vae, r.data, r.seed, r.sft.heldout_pairs) if r.sft.eval_every else None
         model, table, summary = train_sft(lat, r.sft, tcfg, r.seed, r.data.text_seq_len, self._ckpt("sft"),
-                                          r.checkpoint_every_s)  # fmt: skip
+                                          r.checkpoint_every_s, device=r.device, fresh=fresh,
+                                          heldout=heldout)  # fmt: skip
+        if fresh is not None:
+            summary["fresh_pairs"] = r.sft.steps // r.sft.fresh_every
         summary["fixed_batch_loss"] = round(fixed_batch_loss(model, lat, table, r.sft, r.seed), 5)
         defaults = card_defaults(r, with_apo=False)  # the joint encoder sees whole crops
         save_checkpoint(self.path("sft.safetensors"), model, vae, defaults=defaults)

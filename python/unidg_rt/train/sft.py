@@ -22,6 +22,7 @@ default group-bias table ``T(λ)`` enter attention exactly as in :meth:`UniDGPip
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -58,12 +59,14 @@ class CategoryTable(nn.Module):
 
     def forward(self, category: torch.Tensor, use: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of ``category [B]`` where ``use [B]`` (text mode), zeros elsewhere (reference mode)."""
-        u = use.to(self.embeds.dtype)
+        dev = self.embeds.device
+        category, u = category.to(dev), use.to(device=dev, dtype=self.embeds.dtype)
         return self.embeds[category] * u[:, None, None], self.pooled[category] * u[:, None]
 
     def encode(self, lat: LatentSet, idx) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's ``([B, T, D], [B, P])`` for the reference crops of samples ``idx``."""
-        return self.encoder(lat.reference_input(torch.as_tensor(idx), self.encoder.config.cutout))
+        x = lat.reference_input(torch.as_tensor(idx), self.encoder.config.cutout)
+        return self.encoder(x.to(self.embeds.device))
 
     def condition(self, lat: LatentSet, idx, keep: torch.Tensor):
         """Conditioning ``([B, T, D], [B, P])`` of samples ``idx`` as the pipeline feeds it:
@@ -77,6 +80,7 @@ class CategoryTable(nn.Module):
         if self.encoder is None or lat.reference is None or not bool(ref.any()):
             return embeds, pooled, None
         e_r, p_r = self.encode(lat, idx_t)  # [B, T, D], [B, P]
+        ref = ref.to(embeds.device)
         embeds, pooled = torch.where(ref[:, None, None], e_r, embeds), torch.where(ref[:, None], p_r, pooled)
         return embeds, pooled, (e_r, p_r)
 
@@ -86,10 +90,10 @@ class CategoryTable(nn.Module):
         ``idx`` when the batch already has it."""
         idx_t = torch.as_tensor(idx)
         e_r, p_r = encoded if encoded is not None else self.encode(lat, idx_t)
-        cat = lat.category[idx_t]
+        cat = lat.category[idx_t].to(e_r.device)
         err = (e_r - self.embeds[cat].detach()).pow(2).mean(dim=(1, 2))
         err = err + (p_r - self.pooled[cat].detach()).pow(2).mean(dim=1)
-        return err * (~lat.text_mode[idx_t]).float()
+        return err * (~lat.text_mode[idx_t]).float().to(err.device)
 
     def entries(self, names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         e, p = self.embeds.detach().cpu().numpy(), self.pooled.detach().cpu().numpy()
@@ -195,6 +199,17 @@ def flow_batch(
     )
 
 
+def batch_to(batch: FlowBatch, device) -> FlowBatch:
+    """The batch with every tensor on ``device`` (built on the CPU: the random draws stay the
+    CPU generators' whatever the device)."""
+    if str(device) == "cpu":
+        return batch
+    mv = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    feed = {k: mv(v) for k, v in batch.feed.items()}
+    return FlowBatch(feed=feed, sigma=mv(batch.sigma), target=mv(batch.target), weights=mv(batch.weights),
+                     noise=mv(batch.noise), index=batch.index, encoded=batch.encoded)  # fmt: skip
+
+
 def predict(model: FluxTransformer, batch: FlowBatch) -> torch.Tensor:
     """``v_θ`` (keyword ``timestep`` so adapter gates see it)."""
     return model(timestep=batch.sigma, **batch.feed)
@@ -249,6 +264,10 @@ def new_sft_models(config: FluxConfig, lat: LatentSet, text_seq_len: int, recipe
             width=recipe.ref_width, image_size=int(lat.reference.shape[1])))  # fmt: skip
     table = CategoryTable(len(lat.categories), text_seq_len, config.joint_attention_dim,
                           config.pooled_projection_dim, recipe.embed_init_std, encoder)  # fmt: skip
+    if recipe.init_from:
+        from unidg_rt.train.levers import warm_start
+
+        warm_start(model, table, recipe.init_from, lat.categories)
     return model, table
 
 
@@ -260,9 +279,19 @@ def train_sft(
     text_seq_len: int = 8,
     ckpt_path: Path | None = None,
     checkpoint_every_s: float = 180.0,
+    *,
+    device: str = "cpu",
+    fresh=None,
+    heldout: LatentSet | None = None,
 ) -> tuple[FluxTransformer, CategoryTable, dict]:
+    """``fresh``: a :class:`~unidg_rt.train.levers.FreshStream` refreshing ``lat`` in place;
+    ``heldout``: the set of the ``eval_every`` learning curve; ``recipe.ema``: the returned model
+    and table hold the EMA weights."""
+    from unidg_rt.train.levers import EMA, heldout_losses
+
     model, table = new_sft_models(config, lat, text_seq_len, recipe, seed)
-    model.train()
+    model.to(device).train()
+    table.to(device)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -283,6 +312,9 @@ def train_sft(
         lr=recipe.lr,
     )
     log = LossLog("sft", recipe.steps)
+    params = list(model.parameters()) + list(table.parameters())
+    ema = EMA(params, recipe.ema) if recipe.ema else None
+    curve: list[dict] = []
     start, prev_wall = 0, 0.0
     state = load_checkpoint_state(ckpt_path) if ckpt_path is not None else None
     if state is not None:
@@ -290,16 +322,36 @@ def train_sft(
         table.load_state_dict(state["table"])
         opt.load_state_dict(state["opt"])
         start, prev_wall, log.values = state["step"], state["wall_s"], state["losses"]
+        curve = list(state.get("curve", []))
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        if "bank" in state:  # the fresh-data ring as it was
+            for k, v in state["bank"].items():
+                setattr(lat, k, v)
     t0 = time.perf_counter()
     ckpt = Checkpointer(ckpt_path, checkpoint_every_s) if ckpt_path is not None else None
 
     def snapshot(step):
         return {"step": step, "model": model.state_dict(), "table": table.state_dict(), "opt": opt.state_dict(),
-                "wall_s": prev_wall + time.perf_counter() - t0, "losses": list(log.values)}  # fmt: skip
+                "wall_s": prev_wall + time.perf_counter() - t0, "losses": list(log.values), "curve": list(curve),
+                **({"ema": ema.state_dict()} if ema is not None else {}),
+                **({"bank": dict(lat.__dict__)} if fresh is not None else {})}  # fmt: skip
 
-    params = list(model.parameters()) + list(table.parameters())
+    def evaluate_heldout(step):
+        if heldout is None or not recipe.eval_every:
+            return
+        with ema.applied() if ema is not None else contextlib.nullcontext():
+            entry = {"step": step, "wall_s": round(prev_wall + time.perf_counter() - t0, 1),
+                     **heldout_losses(model, table, heldout, recipe, seed, device)}  # fmt: skip
+        curve.append(entry)
+        logger.info("sft held-out %s", entry)
+
     for step in range(start, recipe.steps):
-        batch = sft_step_batch(lat, table, recipe, seed, step)
+        if fresh is not None:
+            fresh.refresh(lat, step)
+        if recipe.eval_every and step % recipe.eval_every == 0 and (not curve or curve[-1]["step"] != step):
+            evaluate_heldout(step)
+        batch = batch_to(sft_step_batch(lat, table, recipe, seed, step), device)
         set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup, recipe.min_lr_frac))
         loss = weighted_mse(predict(model, batch), batch.target, batch.weights).mean()
         if table.encoder is not None and recipe.ref_align:
@@ -308,13 +360,22 @@ def train_sft(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
         opt.step()
+        if ema is not None:
+            ema.update()
         log.add(step, float(loss.detach()))
         if ckpt is not None:
             ckpt.maybe_save(lambda s=step: snapshot(s + 1))
+    if recipe.eval_every and (not curve or curve[-1]["step"] != recipe.steps):
+        evaluate_heldout(recipe.steps)
     wall = prev_wall + time.perf_counter() - t0
-    model.eval().requires_grad_(False)
-    table.requires_grad_(False)
-    return model, table, {"steps": recipe.steps, "wall_s": round(wall, 1), **log.summary()}
+    if ema is not None:
+        ema.copy_to_params()
+    model.eval().requires_grad_(False).to("cpu")
+    table.requires_grad_(False).to("cpu")
+    summary = {"steps": recipe.steps, "wall_s": round(wall, 1), "device": str(device), **log.summary()}
+    if curve:
+        summary["curve"] = curve
+    return model, table, summary
 
 
 @torch.no_grad()
