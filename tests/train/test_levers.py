@@ -81,6 +81,7 @@ def test_levers_run_is_seeded_and_resume_exact(tmp_path):
     run_stage("vae", r, tmp_path / "a")
     rep = run_stage("sft", r, tmp_path / "a")["stages"]["sft"]
     assert [c["step"] for c in rep["curve"]] == [0, 2, 3] and rep["fresh_pairs"] == 3
+    assert set(rep["curve"][0]) == {"step", "wall_s", "heldout_ref", "heldout_text", "heldout_copy_ref"}
     assert rep["device"] == "cpu"
     run_stage("vae", r, tmp_path / "b")
     run_stage("sft", r, tmp_path / "b")
@@ -170,3 +171,11 @@ def test_gpu_recipe_file_loads():
 
     r = Recipe.load(Path(t.__file__).parent / "recipes" / "gpu.json")
     assert r.device == "cuda" and r.sft.ema > 0 and r.data.copy_fraction > 0 and r.sft.fresh_every > 0
+
+
+def test_max_wall_s_stops_and_saves(tmp_path):
+    r = _recipe(eval_every=2, heldout_pairs=2, max_wall_s=1e-9)
+    run_stage("vae", r, tmp_path)
+    rep = run_stage("sft", r, tmp_path)["stages"]["sft"]
+    assert rep["steps"] == 0 and rep["steps_planned"] == 3 and [c["step"] for c in rep["curve"]] == [0]
+    assert (tmp_path / "sft.safetensors").is_file()

@@ -99,24 +99,28 @@ class FreshStream:
         return True
 
 
-def heldout_latents(vae, data: DataRecipe, seed: int, num_pairs: int) -> LatentSet:
-    """Independent (no copy) pairs from a stream disjoint from training's, encoded."""
+def heldout_latents(vae, data: DataRecipe, seed: int, num_pairs: int, copies: bool = False) -> LatentSet:
+    """Pairs from a stream disjoint from training's, encoded: independent pairs, or with
+    ``copies`` copy pairs (every pair of a copyable category), whose reference-mode loss shows
+    whether the model uses the reference (it falls below the independent pairs' if it copies)."""
     from unidg_rt.train.dataset import build_diptych_set
 
-    dset = build_diptych_set(data, seed, num_pairs, start=HELDOUT_PAIR_OFFSET, copy_fraction=0.0)
+    dset = build_diptych_set(data, seed, num_pairs, start=HELDOUT_PAIR_OFFSET, copy_fraction=float(copies))
     return encode_diptych_set(vae, dset, data.encode_batch)
 
 
 @torch.no_grad()
 def heldout_losses(model, table, lat: LatentSet, recipe: SFTRecipe, seed: int, device="cpu",
-                   n_batches: int = 2) -> dict[str, float]:  # fmt: skip
+                   n_batches: int = 4, prefix: str = "heldout",
+                   modes: tuple[str, ...] = ("ref", "text")) -> dict[str, float]:  # fmt: skip
     """Flow loss on fixed batches of ``lat``: reference mode and text mode separately, full
     conditioning (the same draw every call, so the curve is comparable across steps and runs)."""
     from unidg_rt.train.common import step_rng
     from unidg_rt.train.sft import batch_to, flow_batch, predict, weighted_mse
 
     out = {}
-    for mode, text in (("ref", False), ("text", True)):
+    for mode in modes:
+        text = mode == "text"
         idx_all = lat.indices(text)
         vals = []
         for i in range(n_batches):
@@ -129,7 +133,7 @@ def heldout_losses(model, table, lat: LatentSet, recipe: SFTRecipe, seed: int, d
                            logit_std=recipe.logit_std, time_shift=recipe.time_shift)  # fmt: skip
             b = batch_to(b, device)
             vals.append(float(weighted_mse(predict(model, b), b.target, b.weights).mean()))
-        out[f"heldout_{mode}"] = round(float(np.mean(vals)), 5)
+        out[f"{prefix}_{mode}"] = round(float(np.mean(vals)), 5)
     return out
 
 

@@ -119,6 +119,11 @@ class SFTRecipe:
     # separately) every eval_every steps into the report's learning curve; 0 = off
     eval_every: int = 0
     heldout_pairs: int = 32
+    # wall-clock cap of the stage in seconds (resume included; 0 = off): training stops after the
+    # first step past it and saves what it has (the EMA copy with sft.ema). A safety net for a run
+    # that must end by a deadline: the cosine schedule still spans `steps`, so size `steps` from a
+    # measured step time and leave the cap as the backstop; the report records the steps done.
+    max_wall_s: float = 0.0
 
 
 @dataclass

@@ -181,12 +181,18 @@ class Run:
         fresh = (
             FreshStream(vae, r.data, r.seed, r.sft.fresh_every, len(lat) // 4) if r.sft.fresh_every else None
         )
-        heldout = heldout_latents(vae, r.data, r.seed, r.sft.heldout_pairs) if r.sft.eval_every else None
+        heldout = {}
+        if r.sft.eval_every:
+            heldout["heldout"] = heldout_latents(vae, r.data, r.seed, r.sft.heldout_pairs)
+            if r.data.copy_fraction > 0:
+                heldout["heldout_copy"] = heldout_latents(
+                    vae, r.data, r.seed, r.sft.heldout_pairs, copies=True
+                )
         model, table, summary = train_sft(lat, r.sft, tcfg, r.seed, r.data.text_seq_len, self._ckpt("sft"),
                                           r.checkpoint_every_s, device=r.device, fresh=fresh,
                                           heldout=heldout)  # fmt: skip
         if fresh is not None:
-            summary["fresh_pairs"] = r.sft.steps // r.sft.fresh_every
+            summary["fresh_pairs"] = summary["steps"] // r.sft.fresh_every
         summary["fixed_batch_loss"] = round(fixed_batch_loss(model, lat, table, r.sft, r.seed), 5)
         defaults = card_defaults(r, with_apo=False)  # the joint encoder sees whole crops
         save_checkpoint(self.path("sft.safetensors"), model, vae, defaults=defaults)

@@ -282,10 +282,11 @@ def train_sft(
     *,
     device: str = "cpu",
     fresh=None,
-    heldout: LatentSet | None = None,
+    heldout: LatentSet | dict[str, LatentSet] | None = None,
 ) -> tuple[FluxTransformer, CategoryTable, dict]:
     """``fresh``: a :class:`~unidg_rt.train.levers.FreshStream` refreshing ``lat`` in place;
-    ``heldout``: the set of the ``eval_every`` learning curve; ``recipe.ema``: the returned model
+    ``heldout``: the set (or ``{prefix: set}``, ``"heldout"`` in reference and text mode, any other
+    in reference mode) of the ``eval_every`` learning curve; ``recipe.ema``: the returned model
     and table hold the EMA weights."""
     from unidg_rt.train.levers import EMA, heldout_losses
 
@@ -337,16 +338,26 @@ def train_sft(
                 **({"ema": ema.state_dict()} if ema is not None else {}),
                 **({"bank": dict(lat.__dict__)} if fresh is not None else {})}  # fmt: skip
 
+    sets = heldout if isinstance(heldout, dict) or heldout is None else {"heldout": heldout}
+
     def evaluate_heldout(step):
-        if heldout is None or not recipe.eval_every:
+        if not sets or not recipe.eval_every:
             return
+        entry = {"step": step, "wall_s": round(prev_wall + time.perf_counter() - t0, 1)}
         with ema.applied() if ema is not None else contextlib.nullcontext():
-            entry = {"step": step, "wall_s": round(prev_wall + time.perf_counter() - t0, 1),
-                     **heldout_losses(model, table, heldout, recipe, seed, device)}  # fmt: skip
+            for name, hl in sets.items():  # "heldout": ref + text; others (copy pairs): ref only
+                modes = ("ref", "text") if name == "heldout" else ("ref",)
+                entry.update(heldout_losses(model, table, hl, recipe, seed, device, prefix=name, modes=modes))
         curve.append(entry)
         logger.info("sft held-out %s", entry)
 
+    done = recipe.steps
     for step in range(start, recipe.steps):
+        if recipe.max_wall_s and prev_wall + time.perf_counter() - t0 >= recipe.max_wall_s:
+            done = step
+            logger.warning("sft: sft.max_wall_s=%.0f reached at step %d of %d: stopping", recipe.max_wall_s,
+                           step, recipe.steps)  # fmt: skip
+            break
         if fresh is not None:
             fresh.refresh(lat, step)
         if recipe.eval_every and step % recipe.eval_every == 0 and (not curve or curve[-1]["step"] != step):
@@ -365,14 +376,16 @@ def train_sft(
         log.add(step, float(loss.detach()))
         if ckpt is not None:
             ckpt.maybe_save(lambda s=step: snapshot(s + 1))
-    if recipe.eval_every and (not curve or curve[-1]["step"] != recipe.steps):
-        evaluate_heldout(recipe.steps)
+    if recipe.eval_every and (not curve or curve[-1]["step"] != done):
+        evaluate_heldout(done)
     wall = prev_wall + time.perf_counter() - t0
     if ema is not None:
         ema.copy_to_params()
     model.eval().requires_grad_(False).to("cpu")
     table.requires_grad_(False).to("cpu")
-    summary = {"steps": recipe.steps, "wall_s": round(wall, 1), "device": str(device), **log.summary()}
+    summary = {"steps": done, "wall_s": round(wall, 1), "device": str(device), **log.summary()}
+    if done != recipe.steps:
+        summary["steps_planned"] = recipe.steps
     if curve:
         summary["curve"] = curve
     return model, table, summary
