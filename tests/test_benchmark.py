@@ -10,14 +10,32 @@ from unidg_rt.benchmark import BenchConfig, run_bench
 
 def test_bench_smoke_cpu():
     cfg = BenchConfig(preset="tiny", height=32, width=32, steps=2, text_len=4, runs=2, warmup=1, device="cpu",
-                      dtype="float32", variants=("ours-eager", "ours-fast", "ours-fast-cudagraph", "diffusers-eager"))  # fmt: skip
+                      dtype="float32", variants=("ours-eager", "ours-fast", "ours-fast-nobias", "ours-fast-fp8",
+                                                 "diffusers-eager"))  # fmt: skip
     out = run_bench(cfg)
     res = out["results"]
     assert res["ours-eager"]["dit_step"]["runs"] == 2 and "median_ms" in res["ours-fast"]["dit_step"]
-    assert "skipped" in res["ours-fast-cudagraph"]  # no CUDA here: reported, not faked
+    # the fast variants run the product's apply_fast_path; on CPU its CPU-capable switches
+    assert res["ours-fast"]["fast_path"] == {"fused_qkv": 4, "attention_form": "fold"}
+    assert "median_ms" in res["ours-fast-nobias"]["dit_step"]
+    assert "FP8" in res["ours-fast-fp8"]["skipped"]  # no CUDA here: reported, not faked
+    for v in ("ours-eager", "ours-fast"):  # reference mode through UniDGPipeline
+        assert res[v]["e2e_2_steps"]["runs"] == 3 and res[v]["e2e_2_steps"]["median_ms"] > 0
+    assert "e2e_2_steps" not in res["ours-fast-nobias"]
     assert set(out["ratios_vs_diffusers_eager"]) >= {"ours-eager", "diffusers-eager"}
     assert out["environment"]["torch"] == torch.__version__
     assert "fold" in res["attention"]
+
+
+def test_bench_fast_path_switch_cpu():
+    from unidg_rt.runtime.optimize import FastPathError
+
+    base = dict(preset="tiny", height=16, width=16, steps=1, text_len=4, runs=1, warmup=0, device="cpu",
+                dtype="float32", variants=("ours-fast",), e2e=False)  # fmt: skip
+    res = run_bench(BenchConfig(**base, fast_path="off"))["results"]
+    assert "--fast-path off" in res["ours-fast"]["skipped"]
+    with pytest.raises(FastPathError, match="needs a CUDA device"):
+        run_bench(BenchConfig(**base, fast_path="on"))
 
 
 @pytest.mark.gpu

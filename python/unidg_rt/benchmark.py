@@ -1,8 +1,10 @@
 """``unidg-rt bench``: our backends vs diffusers on one config, one set of inputs, one process.
 
-Per stage (VAE encode, one DiT step, VAE decode), end-to-end (encode + N steps + decode) and the
-attention op alone; median / p90 of ``runs`` timings after ``warmup`` calls, CUDA events on GPU
-(``perf_counter`` on CPU); peak GPU memory per variant. Ratios are against ``diffusers-eager``
+Per stage (VAE encode, one DiT step, VAE decode), N DiT steps, reference mode end to end through
+``UniDGPipeline`` (crop, encode, N steps, decode, paste back) and the attention op alone; the
+``ours-fast*`` variants are the product fast path (``runtime.optimize.apply_fast_path``, what
+``from_pretrained(device="cuda")`` applies). Median / p90 of ``runs`` timings after ``warmup``
+calls, CUDA events on GPU (``perf_counter`` on CPU); peak GPU memory per variant. Ratios are against ``diffusers-eager``
 measured in the same run. Variants that cannot run here (no CUDA, no diffusers) are reported
 with the reason instead of a number.
 """
@@ -40,8 +42,10 @@ class BenchConfig:
     warmup: int = 3
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     dtype: str = "bfloat16" if torch.cuda.is_available() else "float32"
-    variants: tuple[str, ...] = ("ours-eager", "ours-fold", "ours-fast", "ours-fast-fp8", "ours-fast-cudagraph",
-                                 "diffusers-eager", "diffusers-mask")  # fmt: skip
+    variants: tuple[str, ...] = ("ours-eager", "ours-fold", "ours-fast", "ours-fast-nobias", "ours-fast-nograph",
+                                 "ours-fast-fp8", "diffusers-eager", "diffusers-mask")  # fmt: skip
+    fast_path: str = "auto"  # how the ours-fast* variants resolve (see fast_path_config)
+    e2e: bool = True  # also time reference mode end to end through UniDGPipeline (E2E_VARIANTS)
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -117,24 +121,78 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def _ours(variant: str, state: dict, tcfg, device, dtype):
-    from unidg_rt.runtime.optimize import CUDAGraphRunner, FastPathConfig, optimize_transformer
+#: variants also timed end to end through the pipeline (crop → encode → steps → decode → paste)
+E2E_VARIANTS = ("ours-eager", "ours-fast", "ours-fast-fp8")
+#: our variants and what they are: eager forms, or the product fast path (what
+#: ``UniDGPipeline.from_pretrained(device="cuda")`` applies: runtime.optimize.apply_fast_path)
+OURS = {
+    "ours-eager": "eager, reference attention (N×N bias from the group table)",
+    "ours-fold": "eager, fold attention (bias folded into q/k)",
+    "ours-fast": "product fast path (fused QKV, Triton attention + glue, CUDA graphs on CUDA)",
+    "ours-fast-nobias": "product fast path, no group bias (the bias-cost baseline)",
+    "ours-fast-nograph": "product fast path without CUDA-graph capture",
+    "ours-fast-fp8": "product fast path with precision='fp8' (FP8 linears)",
+}
 
+
+def fast_path_config(variant: str, device: torch.device, fast_path: str = "auto"):
+    """The :class:`~unidg_rt.runtime.optimize.FastPathConfig` a fast variant runs: on CUDA,
+    :func:`~unidg_rt.runtime.optimize.resolve_fast_path` exactly as ``from_pretrained`` resolves
+    it; on CPU (``auto``), the switches that run there (fused QKV, fold attention). ``None`` =
+    the variant is off (``fast_path='off'``). ``on`` without CUDA raises ``FastPathError``."""
+    from dataclasses import replace
+
+    from unidg_rt.runtime.optimize import FastPathConfig, normalize_fast_path, resolve_fast_path
+
+    precision = "fp8" if variant.endswith("fp8") else None
+    mode = normalize_fast_path(fast_path)
+    if mode == "off":
+        return None
+    if device.type == "cuda" or mode == "on":
+        cfg = resolve_fast_path("on", device, precision)
+    elif precision == "fp8":
+        raise RuntimeError("FP8 linears run on the GPU fast path only (CUDA, compute capability >= 8.9)")
+    else:
+        cfg = FastPathConfig(attention_form="fold", cuda_graphs=False)
+    if variant.endswith("nograph"):
+        cfg = replace(cfg, cuda_graphs=False)
+    return cfg
+
+
+def _ours_backend(variant: str, state: dict, tcfg, vae, device, dtype, fast_path: str = "auto"):
+    """A :class:`~unidg_rt.runtime.torch_backend.TorchBackend` for ``variant`` (fast variants via
+    ``apply_fast_path``, the function ``from_pretrained`` calls)."""
+    from unidg_rt.runtime.optimize import apply_fast_path
+    from unidg_rt.runtime.torch_backend import TorchBackend
+
+    if variant not in OURS:
+        raise ValueError(f"unknown variant {variant!r}; ours: {sorted(OURS)}")
     with torch.device("meta"):
         model = FluxTransformer(tcfg)
     model.load_state_dict(state, assign=True)
-    model = model.to(device, dtype).eval()
-    if variant == "ours-fold":
-        model.set_attention_form("fold")
-    elif variant.startswith("ours-fast"):
-        if variant.endswith("cudagraph") and device.type != "cuda":
-            raise RuntimeError("CUDA graphs need a CUDA device")
-        fp8 = variant.endswith("fp8")
-        form = "triton" if device.type == "cuda" else "fold"
-        optimize_transformer(model, FastPathConfig(fp8=fp8, attention_form=form))
-        if variant.endswith("cudagraph"):
-            return CUDAGraphRunner(model)
-    return model
+    form = "fold" if variant == "ours-fold" else None
+    backend = TorchBackend(model.eval(), vae, device=device, dtype=dtype, attention_form=form)
+    if variant.startswith("ours-fast"):
+        cfg = fast_path_config(variant, device, fast_path)
+        if cfg is None:
+            raise RuntimeError("fast path off (--fast-path off)")
+        apply_fast_path(backend, cfg)
+    return backend
+
+
+def _ours(variant: str, state: dict, tcfg, device, dtype, vae=None, fast_path: str = "auto"):
+    """``variant`` as a callable taking the transformer feed (the backend's runner)."""
+    backend = _ours_backend(variant, state, tcfg, vae or torch.nn.Identity(), device, dtype, fast_path)
+    runner = backend.transformer
+    no_bias = variant.endswith("nobias")
+
+    def call(**feed):
+        if no_bias:
+            feed = {**feed, "token_groups": None, "group_bias": None}
+        return runner.infer(feed)["noise_pred"]
+
+    call.backend = backend
+    return call
 
 
 def _diffusers(variant: str, state: dict, tcfg, device, dtype):
@@ -158,19 +216,27 @@ def _diffusers(variant: str, state: dict, tcfg, device, dtype):
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    from unidg_rt.models.vae import AutoencoderKLFlux
+    from unidg_rt.runtime.optimize import normalize_fast_path
+
     device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
+    if normalize_fast_path(cfg.fast_path) == "on" and device.type != "cuda":
+        fast_path_config("ours-fast", device, "on")  # raises the one-line FastPathError
     tcfg_fn, vcfg_fn = PRESETS[cfg.preset]
-    tcfg = tcfg_fn()
+    tcfg, vcfg = tcfg_fn(), vcfg_fn()
     torch.manual_seed(cfg.seed)
     with torch.device(device):
         state = {k: v.to(dtype) for k, v in FluxTransformer(tcfg).state_dict().items()}
+        vae = AutoencoderKLFlux(vcfg).to(dtype).eval()
     feed = _inputs(cfg, tcfg, device, dtype)
     timer = _timer(device)
     results: dict[str, Any] = {}
     for variant in cfg.variants:
         try:
-            build = _diffusers if variant.startswith("diffusers") else _ours
-            model = build(variant, state, tcfg, device, dtype)
+            if variant.startswith("diffusers"):
+                model = _diffusers(variant, state, tcfg, device, dtype)
+            else:
+                model = _ours(variant, state, tcfg, device, dtype, vae=vae, fast_path=cfg.fast_path)
         except Exception as exc:  # noqa: BLE001 — report why a variant is unavailable
             results[variant] = {"skipped": f"{type(exc).__name__}: {exc}"}
             continue
@@ -182,14 +248,19 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 timer(lambda m=model: [m(**feed) for _ in range(cfg.steps)], max(3, cfg.runs // 3), 1)
             )
         entry = {"dit_step": step, f"dit_{cfg.steps}_steps": loop}
+        backend = getattr(model, "backend", None)
+        if backend is not None and "fast_path" in backend.info:
+            entry["fast_path"] = {k: v for k, v in backend.info["fast_path"].items() if k != "adapters"}
+        if cfg.e2e and variant in E2E_VARIANTS and backend is not None:
+            entry[f"e2e_{cfg.steps}_steps"] = _pipeline_e2e(cfg, backend, tcfg, vcfg, timer)
         if device.type == "cuda":
             entry["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         results[variant] = entry
-        del model
+        del model, backend
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    results.update(_vae_stages(cfg, vcfg_fn(), device, dtype, timer))
+    results.update(_vae_stages(cfg, vcfg, vae, device, dtype, timer))
     results["attention"] = _attention(cfg, tcfg, device, dtype, timer)
     base = results.get("diffusers-eager", {}).get("dit_step", {}).get("median_ms")
     ratios = {}
@@ -201,12 +272,26 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "results": results, "ratios_vs_diffusers_eager": ratios}  # fmt: skip
 
 
-def _vae_stages(cfg, vcfg, device, dtype, timer) -> dict[str, Any]:
-    from unidg_rt.models.vae import AutoencoderKLFlux
+def _pipeline_e2e(cfg: BenchConfig, backend, tcfg, vcfg, timer) -> dict[str, float]:
+    """Reference mode end to end through :class:`UniDGPipeline` on ``backend``: crop, diptych,
+    VAE encode, ``cfg.steps`` denoising steps, decode, paste back (numpy in, numpy out)."""
+    from unidg_rt.runtime.pipeline import UniDGPipeline
 
-    torch.manual_seed(cfg.seed)
-    with torch.device(device):
-        vae = AutoencoderKLFlux(vcfg).to(dtype).eval()
+    pipe = UniDGPipeline(
+        backend, text_seq_len=cfg.text_len, joint_attention_dim=tcfg.joint_attention_dim,
+        pooled_projection_dim=tcfg.pooled_projection_dim, latent_channels=tcfg.out_dim // 4,
+        vae_scale_factor=vcfg.downsample_factor, guidance_embeds=tcfg.guidance_embeds,
+    )  # fmt: skip
+    rng = np.random.default_rng(cfg.seed)
+    img = (rng.random((cfg.height, cfg.width, 3)) * 255).astype(np.uint8)
+    mask = np.zeros(img.shape[:2], bool)
+    mask[cfg.height // 4 : cfg.height // 2, cfg.width // 4 : cfg.width // 2] = True
+    kw = dict(image=img, mask_image=mask, reference_image=img, reference_mask=mask, height=cfg.height,
+              width=cfg.width, num_inference_steps=cfg.steps, guidance_scale=3.5, seed=0, output_type="np")  # fmt: skip
+    return _stats(timer(lambda: pipe(**kw), max(3, cfg.runs // 3), 1))
+
+
+def _vae_stages(cfg, vcfg, vae, device, dtype, timer) -> dict[str, Any]:
     img = torch.rand(1, 3, cfg.height, 2 * cfg.width, device=device, dtype=dtype) * 2 - 1
     out: dict[str, Any] = {}
     with torch.inference_mode():

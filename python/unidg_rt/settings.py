@@ -21,6 +21,9 @@ from pydantic_settings import (
 
 from unidg_rt.errors import ConfigError
 
+#: accepted spellings of ``fast_path`` besides auto / on / off (env vars and TOML booleans)
+_FAST_PATH_ALIASES = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNIDG_", extra="forbid", validate_default=True)
@@ -34,9 +37,15 @@ class Settings(BaseSettings):
     engines_dir: Path | None = Field(None, description="built engine folder (backend=tensorrt)")
     precision: Literal["fp32", "bf16", "fp16", "fp8", "int8"] | None = Field(
         None,
-        description="exported transformer precision to run (backend=onnxruntime); None = the folder's default",
+        description="onnxruntime: exported precision to run; tensorrt: which plans; torch: only 'fp8' (FP8 "
+        "linears on the GPU fast path); None = the folder's / model's default",
     )
     device: str = "cpu"
+    fast_path: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch GPU fast path (fused QKV, Triton kernels, CUDA graphs): auto = on for CUDA, off on "
+        "CPU; on = CUDA only (an error elsewhere); off = eager. Also true/false/1/0",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attention_form: Literal["reference", "fold", "triton"] | None = None
     height: int | None = Field(None, description="per-side generation height (multiple of 16)")
@@ -57,6 +66,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"must be a positive multiple of 16 (got {v}); try {max(16, round(v / 16) * 16)}"
             )
+        return v
+
+    @field_validator("fast_path", mode="before")
+    @classmethod
+    def _fast_path_aliases(cls, v):
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        if isinstance(v, (str, int)):
+            key = str(v).strip().lower()
+            return _FAST_PATH_ALIASES.get(key, key)
         return v
 
     @classmethod

@@ -174,3 +174,35 @@ def test_fuzz_job_like_objects(obj, junk):
     m = parse_manifest_bytes(line + b"\n" + junk)
     for job in m.jobs:
         assert isinstance(job, Job) and 0 <= job.seed < 2**31 and job.count >= 1
+
+
+def test_fingerprints_stable_across_the_paste_mode_and_segments_keys():
+    """Jobs and defaults without paste_mode / segments hash as before those keys existed (a
+    resumed batch does not redo finished jobs); setting either changes the hash."""
+    import hashlib
+
+    from unidg_rt.jobs.manifest import GenerationOverrides
+
+    job = Job(id="a", image="/x/a.png", mask="/x/m.png", category="scratch", seed=3,
+              settings={"num_inference_steps": 4})  # fmt: skip
+    defaults = GenerationOverrides(height=16, width=16)
+    before = {
+        "height": None,
+        "width": None,
+        "num_inference_steps": None,
+        "guidance_scale": None,
+        "feather": None,
+    }
+    old_job = job.model_dump(mode="json")
+    old_job["settings"] = {**before, "num_inference_steps": 4}
+    old = {"job": old_job, "defaults": {**before, "height": 16, "width": 16}}
+    expected = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
+    assert job.fingerprint(defaults) == expected
+    assert job.fingerprint(GenerationOverrides(height=16, width=16, paste_mode="residual")) != expected
+    seg = [{"start": 0.0, "end": 1.0, "guidance_scale": 2.0}]
+    assert (
+        job.model_copy(
+            update={"settings": GenerationOverrides(num_inference_steps=4, segments=seg)}
+        ).fingerprint(defaults)
+        != expected
+    )

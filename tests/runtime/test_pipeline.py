@@ -326,3 +326,29 @@ def test_reference_encoder_conditions_reference_mode_only(encoder_checkpoint, sa
     pipe.reference_encoder = None  # without it reference mode is zero-conditioned, as before
     without = pipe(img, mask, ref, rmask, seed=0, output_type="np")
     assert not np.array_equal(without.images, with_enc.images)
+
+
+def test_bare_transformer_file_names_arguments_from_pretrained_has(tiny_checkpoint, tmp_path):
+    """A file without a UniDG model card (BFL's flux1-fill-dev.safetensors layout) is refused
+    with a message naming ``config=`` and ``vae=``; both are real arguments and loading with
+    them gives the same transformer."""
+    import inspect
+    import re
+
+    from safetensors.torch import save_file
+
+    from unidg_rt.errors import WeightsError
+    from unidg_rt.models.loading import load_transformer
+
+    ref = load_transformer(tiny_checkpoint)
+    bare = tmp_path / "flux1-fill-tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(bare))
+    with pytest.raises(WeightsError, match="no UniDG model card") as exc:
+        UniDGPipeline.from_pretrained(bare)
+    message = str(exc.value)
+    named = set(re.findall(r"\b(\w+)=", message))
+    assert {"config", "vae"} <= named and "\n" not in message
+    assert named <= set(inspect.signature(UniDGPipeline.from_pretrained).parameters)
+    pipe = UniDGPipeline.from_pretrained(bare, config=ref.config, vae=tiny_checkpoint)
+    got = pipe.backend.transformer_model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in ref.state_dict().items())

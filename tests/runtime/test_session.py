@@ -167,3 +167,68 @@ def test_precision_setting_needs_the_onnxruntime_backend():
     assert settings.precision == "int8" and settings.backend == "torch"
     with pytest.raises(ConfigError, match="precision='int8'.*backend='onnxruntime'"):
         build_pipeline(settings)
+
+
+def _capture(monkeypatch, loader: str) -> dict:
+    """Replace ``UniDGPipeline.<loader>`` with a recorder that returns a sentinel."""
+    from unidg_rt.runtime import pipeline
+
+    seen: dict = {}
+
+    def fake(path=None, **kwargs):
+        seen.update(kwargs, path=path)
+        return "pipeline"
+
+    monkeypatch.setattr(pipeline.UniDGPipeline, loader, staticmethod(fake))
+    return seen
+
+
+def test_build_pipeline_threads_fast_path_and_precision(monkeypatch):
+    """The one factory (sessions, ``synth``, ``generate`` and ``eval`` via
+    ``cli.common.pipeline_from_settings``) passes every model-selecting setting on."""
+    from unidg_rt.cli.common import pipeline_from_settings
+    from unidg_rt.runtime.session import build_pipeline
+
+    seen = _capture(monkeypatch, "from_pretrained")
+    monkeypatch.setenv("UNIDG_FAST_PATH", "false")
+    assert build_pipeline(load_settings(None, device="cuda", precision="fp8")) == "pipeline"
+    assert seen["fast_path"] == "off" and seen["precision"] == "fp8" and seen["device"] == "cuda"
+    monkeypatch.delenv("UNIDG_FAST_PATH")
+    assert pipeline_from_settings(load_settings(None, attention_form="fold")) == "pipeline"
+    assert seen["fast_path"] == "auto" and seen["precision"] is None and seen["attention_form"] == "fold"
+
+
+def test_build_pipeline_engines_and_onnx_settings(monkeypatch, tmp_path):
+    from unidg_rt.runtime.session import build_pipeline
+
+    engines = _capture(monkeypatch, "from_engines")
+    build_pipeline(load_settings(None, backend="tensorrt", engines_dir=tmp_path, precision="fp8"))
+    assert engines["path"] == tmp_path and engines["precision"] == "fp8" and "device" not in engines
+    build_pipeline(load_settings(None, backend="tensorrt", engines_dir=tmp_path, device="cuda:1"))
+    assert engines["device"] == "cuda:1"
+    with pytest.raises(ConfigError, match="attention_form='fold'.*--forms"):
+        build_pipeline(load_settings(None, backend="tensorrt", engines_dir=tmp_path, attention_form="fold"))
+    onnx = _capture(monkeypatch, "from_onnx")
+    build_pipeline(load_settings(None, backend="onnxruntime", onnx_dir=tmp_path, attention_form="fold"))
+    assert onnx["attention_form"] == "fold" and onnx["providers"] is None and "precision" not in onnx
+    with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES"):
+        build_pipeline(load_settings(None, backend="onnxruntime", onnx_dir=tmp_path, device="cuda:1"))
+
+
+@pytest.mark.parametrize("backend,flag", [("onnxruntime", "--onnx-dir"), ("tensorrt", "--engines-dir")])
+def test_build_pipeline_needs_the_backend_folder(backend, flag):
+    from unidg_rt.runtime.session import build_pipeline
+
+    with pytest.raises(ConfigError, match=f"needs a folder: pass {flag} DIR") as exc:
+        build_pipeline(load_settings(None, backend=backend))
+    assert "\n" not in str(exc.value)
+
+
+def test_session_fast_path_on_without_cuda_is_a_typed_error(monkeypatch):
+    import torch
+
+    from unidg_rt.runtime.optimize import FastPathError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(FastPathError, match="needs a CUDA device.*--fast-path auto"):
+        UniDGSession(fast_path=True)

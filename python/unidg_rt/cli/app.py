@@ -49,5 +49,6 @@ def main() -> None:
     except UniDGError as exc:
         from rich.markup import escape
 
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        message = " ".join(str(exc).split())  # one line, whatever the message or terminal width
+        err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
         sys.exit(2)

@@ -27,9 +27,15 @@ def bench(
     text_len: Optional[int] = typer.Option(None, help="text tokens (FLUX: 512)"),
     device: Optional[str] = typer.Option(None, help="cuda / cpu (default: cuda if available)"),
     dtype: Optional[str] = typer.Option(None, help="bfloat16 / float16 / float32"),
-    variants: Optional[str] = typer.Option(None, help="comma list, e.g. ours-fast,diffusers-eager"),
+    variants: Optional[str] = typer.Option(
+        None, help="comma list (default: all), e.g. ours-fast,ours-fast-fp8,diffusers-eager,diffusers-mask"
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result as JSON here"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (1 avoids stalls on a busy machine)"),
+    fast_path: str = typer.Option(
+        "auto", "--fast-path", help="ours-fast* variants: auto (product fast path on CUDA) / on / off"
+    ),
+    e2e: bool = typer.Option(True, "--e2e/--no-e2e", help="also time reference mode end to end (pipeline)"),
 ) -> None:
     """Time our torch variants and diffusers on the same weights and inputs, in one process."""
     if threads:
@@ -39,7 +45,8 @@ def bench(
     from unidg_rt.benchmark import BenchConfig, run_bench
 
     side = size or SIZES.get(preset, (64, 64))[0]
-    cfg = BenchConfig(preset=preset, height=side, width=side, steps=steps, runs=runs, warmup=warmup)
+    cfg = BenchConfig(preset=preset, height=side, width=side, steps=steps, runs=runs, warmup=warmup,
+                      fast_path=fast_path, e2e=e2e)  # fmt: skip
     cfg.text_len = text_len or (512 if preset.startswith("flux") else 8)
     if device:
         cfg.device = device
@@ -49,7 +56,7 @@ def bench(
         cfg.variants = tuple(v.strip() for v in variants.split(","))
     result = run_bench(cfg)
     table = Table(title=f"unidg-rt bench — {preset} {side}x{2 * side}, {cfg.device} {cfg.dtype}")
-    for col in ("variant", "median ms", "p90 ms", "vs diffusers", "peak GB"):
+    for col in ("variant", "median ms", "p90 ms", "vs diffusers", f"e2e {steps} steps ms", "peak GB"):
         table.add_column(col)
     ratios = result["ratios_vs_diffusers_eager"]
     for name, entry in result["results"].items():
@@ -57,11 +64,13 @@ def bench(
             continue
         stat = entry.get("dit_step", entry) if isinstance(entry, dict) else {}
         if "skipped" in entry:
-            table.add_row(name, "—", "—", "—", entry["skipped"][:60])
+            table.add_row(name, "—", "—", "—", "—", entry["skipped"][:60])
             continue
+        e2e_ms = entry.get(f"e2e_{steps}_steps", {}).get("median_ms")
         table.add_row(
             name, f"{stat.get('median_ms', 0):.3f}", f"{stat.get('p90_ms', 0):.3f}",
-            f"{ratios[name]:.3f}x" if name in ratios else "", str(entry.get("peak_memory_gb", "")),
+            f"{ratios[name]:.3f}x" if name in ratios else "", f"{e2e_ms:.1f}" if e2e_ms else "",
+            str(entry.get("peak_memory_gb", "")),
         )  # fmt: skip
     console.print(table)
     att = result["results"]["attention"]

@@ -24,17 +24,8 @@ def atomic_save_png(path: Path, image) -> None:
 
 
 def pipeline_from_settings(settings):
-    """Build a UniDGPipeline for the configured backend."""
-    from unidg_rt.runtime.pipeline import UniDGPipeline
+    """Build a UniDGPipeline for the configured backend: the one factory,
+    :func:`unidg_rt.runtime.session.build_pipeline` (sessions and ``synth`` use it too)."""
+    from unidg_rt.runtime.session import build_pipeline
 
-    if settings.backend == "onnxruntime":
-        return UniDGPipeline.from_onnx(settings.onnx_dir, embeddings=settings.embeddings)
-    if settings.backend == "tensorrt":
-        return UniDGPipeline.from_engines(settings.engines_dir, embeddings=settings.embeddings)
-    return UniDGPipeline.from_pretrained(
-        settings.weights,
-        device=settings.device,
-        dtype=settings.dtype,
-        attention_form=settings.attention_form,
-        embeddings=settings.embeddings,
-    )
+    return build_pipeline(settings)

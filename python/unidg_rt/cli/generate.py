@@ -50,8 +50,15 @@ def generate(
     num_images: int = typer.Option(1, help="num_images_per_prompt"),
     device: Optional[str] = typer.Option(None, help="cpu / cuda"),
     dtype: Optional[str] = typer.Option(None, help="auto / float32 / bfloat16 / float16"),
+    fast_path: Optional[str] = typer.Option(
+        None, "--fast-path", help="torch GPU fast path: auto (on for CUDA) / on / off"
+    ),
+    precision: Optional[str] = typer.Option(
+        None, help="onnxruntime/tensorrt: exported precision to run; torch: fp8 (FP8 fast path)"
+    ),
     backend: Optional[str] = typer.Option(None, help="torch / onnxruntime / tensorrt"),
     onnx_dir: Optional[Path] = typer.Option(None, help="exported ONNX folder for --backend onnxruntime"),
+    engines_dir: Optional[Path] = typer.Option(None, help="built engine folder for --backend tensorrt"),
     config: Optional[Path] = typer.Option(None, help="settings TOML"),
 ) -> None:
     """Insert a defect (reference mode with --reference, text mode with --category)."""
@@ -60,7 +67,7 @@ def generate(
 
     settings = load_settings(
         config, weights=weights, embeddings=embeddings, device=device, dtype=dtype, backend=backend,
-        onnx_dir=onnx_dir, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
+        onnx_dir=onnx_dir, engines_dir=engines_dir, fast_path=fast_path, precision=precision, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
     )  # fmt: skip
     if image is None and mask is None:
         samples = samples_dir()

@@ -61,20 +61,30 @@ def synth(
     width: Optional[int] = typer.Option(None, help="per-side width, multiple of 16"),
     device: Optional[str] = typer.Option(None, help="cpu / cuda"),
     dtype: Optional[str] = typer.Option(None, help="auto / float32 / bfloat16 / float16"),
+    fast_path: Optional[str] = typer.Option(
+        None, "--fast-path", help="torch GPU fast path: auto (on for CUDA) / on / off"
+    ),
+    precision: Optional[str] = typer.Option(
+        None, help="onnxruntime/tensorrt: exported precision to run; torch: fp8 (FP8 fast path)"
+    ),
+    paste_mode: Optional[str] = typer.Option(
+        None, help="replace / residual for every job (default: the model's)"
+    ),
     config: Optional[Path] = typer.Option(None, help="settings TOML"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
 ) -> None:
     """Synthesise defects in batch: crash-safe, resumable, with a per-job results.jsonl."""
     from unidg_rt.cli.app import setup_logging
     from unidg_rt.errors import ConfigError
-    from unidg_rt.jobs.manifest import GenerationOverrides, load_plan
+    from unidg_rt.jobs.manifest import load_plan
     from unidg_rt.jobs.runner import as_manifest, run_jobs
     from unidg_rt.runtime.session import build_pipeline
     from unidg_rt.settings import load_settings
 
     settings = load_settings(
-        config, weights=weights, embeddings=embeddings, device=device, dtype=dtype, height=height,
-        width=width, num_inference_steps=steps, guidance_scale=guidance,
+        config, weights=weights, embeddings=embeddings, device=device, dtype=dtype, fast_path=fast_path,
+        precision=precision, paste_mode=paste_mode, height=height, width=width, num_inference_steps=steps,
+        guidance_scale=guidance,
     )  # fmt: skip
     setup_logging(settings.log_level)
     the_plan = None
@@ -90,10 +100,7 @@ def synth(
             product=product,
         )  # fmt: skip
     manifest = as_manifest(source, the_plan)
-    defaults = GenerationOverrides(
-        height=settings.height, width=settings.width,
-        num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
-    )  # fmt: skip
+    defaults = settings_defaults(settings)
     factory = functools.partial(build_pipeline, settings)
 
     with Progress(TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
@@ -142,6 +149,17 @@ def synth(
         typer.echo(json.dumps(payload, indent=2))
     _print_summary(summary, dataset)
     raise typer.Exit(code=summary.exit_code)
+
+
+def settings_defaults(settings):
+    """The batch-wide :class:`~unidg_rt.jobs.manifest.GenerationOverrides` from ``Settings``:
+    every generation setting applies unless a job's own ``settings`` override it."""
+    from unidg_rt.jobs.manifest import GenerationOverrides
+
+    return GenerationOverrides(
+        height=settings.height, width=settings.width, num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale, paste_mode=settings.paste_mode, segments=settings.segments,
+    )  # fmt: skip
 
 
 def _print_summary(summary, dataset) -> None:

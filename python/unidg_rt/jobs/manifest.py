@@ -89,6 +89,9 @@ class GenerationOverrides(BaseModel):
     num_inference_steps: int | None = Field(None, ge=1, le=1000)
     guidance_scale: float | None = Field(None, allow_inf_nan=False)
     feather: int | None = Field(None, ge=0, le=256)
+    paste_mode: Literal["replace", "residual"] | None = None
+    #: hierarchical sampling segments (``unidg_rt.sampling.SegmentSchedule.from_data`` entries)
+    segments: list[dict[str, Any]] | None = None
 
     @field_validator("height", "width")
     @classmethod
@@ -103,6 +106,16 @@ class GenerationOverrides(BaseModel):
             return self
         mine = self.model_dump(exclude_none=True)
         return GenerationOverrides(**{**base.model_dump(exclude_none=True), **mine})
+
+    def stable_dump(self) -> dict[str, Any]:
+        """``model_dump`` without the later-added keys while unset, so fingerprints of jobs
+        written before ``paste_mode`` / ``segments`` existed do not change (resume stays valid)."""
+        return {
+            k: v for k, v in self.model_dump(mode="json").items() if v is not None or k not in _LATER_KEYS
+        }
+
+
+_LATER_KEYS = ("paste_mode", "segments")
 
 
 def _mask_strategy_from_shorthand(v):
@@ -195,10 +208,9 @@ class Job(BaseModel):
     def fingerprint(self, defaults: GenerationOverrides | None = None) -> str:
         """Hash of everything that determines this job's outputs (resume redoes a job whose
         definition changed under the same id)."""
-        payload = {
-            "job": self.model_dump(mode="json"),
-            "defaults": defaults.model_dump() if defaults else None,
-        }
+        job = self.model_dump(mode="json")
+        job["settings"] = self.settings.stable_dump()
+        payload = {"job": job, "defaults": defaults.stable_dump() if defaults else None}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -155,8 +155,8 @@ def execute_job(pipe, job: Job, out_dir: Path, defaults: GenerationOverrides | N
             reference_image=inputs.reference_image, reference_mask=inputs.reference_mask,
             defect_category=job.category if job.mode == "text" else None,
             height=eff.height, width=eff.width, num_inference_steps=eff.num_inference_steps,
-            guidance_scale=eff.guidance_scale, feather=eff.feather,
-            seed=job.seed, num_images_per_prompt=job.count, output_type="pil",
+            guidance_scale=eff.guidance_scale, feather=eff.feather, paste_mode=eff.paste_mode,
+            segments=eff.segments, seed=job.seed, num_images_per_prompt=job.count, output_type="pil",
         )  # fmt: skip
         timing["generate_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -195,6 +195,8 @@ def execute_job(pipe, job: Job, out_dir: Path, defaults: GenerationOverrides | N
             "num_inference_steps": info.get("num_inference_steps"),
             "guidance_scale": info.get("guidance_scale"),
             "feather": eff.feather if eff.feather is not None else getattr(pipe, "defaults", {}).get("feather"),
+            "paste_mode": eff.paste_mode if eff.paste_mode is not None else getattr(pipe, "defaults", {}).get("paste"),
+            "segments": eff.segments,
         },
         pipeline=info, inputs={k: str(getattr(job, k)) for k in inputs.checksums},
         input_sha256=inputs.checksums, files=files,

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from unidg_rt.errors import BackendUnavailableError, ConfigError, UniDGError
+from unidg_rt.errors import ConfigError, UniDGError
 from unidg_rt.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -59,32 +59,78 @@ class GenerationResult:
     elapsed_s: float = 0.0
 
 
+#: per backend: (Settings field, CLI flag, what writes the folder)
+_FOLDERS = {
+    "onnxruntime": ("onnx_dir", "--onnx-dir", "`unidg-rt export --out DIR`"),
+    "tensorrt": ("engines_dir", "--engines-dir", "`unidg-rt build ONNX_DIR --out DIR`"),
+}
+
+
+def _folder(settings: Settings) -> Path:
+    field_name, flag, how = _FOLDERS[settings.backend]
+    folder = getattr(settings, field_name)
+    if folder is None:
+        raise ConfigError(
+            f"backend={settings.backend!r} needs a folder: pass {flag} DIR (UNIDG_{field_name.upper()}, "
+            f"or {field_name} in the settings TOML), written by {how}"
+        )
+    if not Path(folder).is_dir():
+        raise ConfigError(f"{flag} {folder} is not a folder: pass the folder written by {how}")
+    return Path(folder)
+
+
+def _ort_providers(device: str) -> list[str] | None:
+    """``device='cuda'`` asks for ONNX Runtime's CUDA EP (an error when the build lacks it);
+    anything else keeps the backend's default (CUDA EP when present, else CPU)."""
+    if not device.startswith("cuda"):
+        return None
+    if device not in ("cuda", "cuda:0"):
+        raise ConfigError(
+            f"device={device!r}: the onnxruntime backend runs on the first visible GPU; "
+            "pick it with CUDA_VISIBLE_DEVICES and pass --device cuda"
+        )
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
 def build_pipeline(settings: Settings):
-    """A :class:`~unidg_rt.runtime.pipeline.UniDGPipeline` for the configured backend."""
+    """The one settings → :class:`~unidg_rt.runtime.pipeline.UniDGPipeline` factory (``generate``,
+    ``synth``, ``eval``, :class:`UniDGSession`, Ray actors). Every setting that selects the model
+    reaches the loader, or is refused with a one-line :class:`ConfigError`: ``fast_path`` and
+    ``precision='fp8'`` (torch), ``precision`` (ONNX export / TensorRT plans), the folders."""
     from unidg_rt.runtime.pipeline import UniDGPipeline
 
-    if settings.precision is not None and settings.backend != "onnxruntime":
-        raise ConfigError(
-            f"precision={settings.precision!r} picks an ONNX export and needs backend='onnxruntime' "
-            f"(backend={settings.backend!r}: use dtype for torch; engines carry the precision they were built with)"
-        )
     if settings.backend == "torch":
+        if settings.precision not in (None, "fp8"):
+            raise ConfigError(
+                f"precision={settings.precision!r} picks an ONNX export and needs backend='onnxruntime' "
+                f"(backend={settings.backend!r}: use dtype for torch, or precision='fp8' for the FP8 GPU fast path)"
+            )
         return UniDGPipeline.from_pretrained(
             settings.weights, device=settings.device, dtype=settings.dtype,
             attention_form=settings.attention_form, embeddings=settings.embeddings,
+            fast_path=settings.fast_path, precision=settings.precision,
         )  # fmt: skip
-    loader_name, folder = {
-        "onnxruntime": ("from_onnx", settings.onnx_dir),
-        "tensorrt": ("from_engines", settings.engines_dir),
-    }[settings.backend]
-    loader = getattr(UniDGPipeline, loader_name, None)
-    if loader is None:
-        raise BackendUnavailableError(
-            f"backend={settings.backend!r} is not available in this build (no UniDGPipeline.{loader_name}): "
-            "use backend='torch'"
+    if settings.fast_path == "on":
+        raise ConfigError(
+            f"fast_path='on' is the torch backend's GPU fast path; backend={settings.backend!r} runs its own "
+            "optimised graphs: drop --fast-path (UNIDG_FAST_PATH=auto) or use --backend torch"
         )
-    kwargs = {"precision": settings.precision} if settings.precision is not None else {}
-    return loader(folder, embeddings=settings.embeddings, **kwargs)
+    folder = _folder(settings)
+    kwargs: dict[str, Any] = {"embeddings": settings.embeddings}
+    if settings.precision is not None:
+        kwargs["precision"] = settings.precision
+    if settings.backend == "onnxruntime":
+        if settings.attention_form is not None:
+            kwargs["attention_form"] = settings.attention_form
+        return UniDGPipeline.from_onnx(folder, providers=_ort_providers(settings.device), **kwargs)
+    if settings.attention_form is not None:
+        raise ConfigError(
+            f"attention_form={settings.attention_form!r}: TensorRT plans run the form they were built from; "
+            "drop attention_form (pick the form at `unidg-rt export --forms`)"
+        )
+    if settings.device.startswith("cuda"):  # the default "cpu" means "not set" for TensorRT
+        kwargs["device"] = settings.device
+    return UniDGPipeline.from_engines(folder, **kwargs)
 
 
 class UniDGSession:
