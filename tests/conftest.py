@@ -162,3 +162,16 @@ def sample_inputs():
     rmask = np.zeros((80, 90), bool)
     rmask[10:30, 20:40] = True
     return img, mask, ref, rmask
+
+
+# ----------------------------------------------------------------------------- shipped model
+@pytest.fixture(scope="session")
+def default_onnx_dir(tmp_path_factory):
+    """``unidg-rt export`` of the shipped default model (card adapters and all), ``fold`` and
+    ``decomposed`` forms, fp32: one export (~1.5 min of CPU) shared by the parity and quantisation
+    tests. Treat it as read-only (copy it before adding artifacts)."""
+    from unidg_rt.export.pipeline import export_pipeline
+
+    out = tmp_path_factory.mktemp("default_onnx") / "onnx"
+    export_pipeline(None, out, forms=("fold", "decomposed"))
+    return out

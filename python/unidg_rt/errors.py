@@ -36,3 +36,7 @@ class UnknownCategoryError(InvalidInputError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class BackendCapabilityError(UniDGError, ValueError):
+    """The call or the model card asks a backend for something it cannot do (never skipped silently)."""

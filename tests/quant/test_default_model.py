@@ -22,9 +22,10 @@ MANIFEST = Path(__file__).resolve().parents[2] / "calibration" / "default.json"
 
 
 @pytest.fixture(scope="module")
-def default_report(tmp_path_factory):
+def default_report(tmp_path_factory, default_onnx_dir):
+    import shutil
+
     from unidg_rt.evaluation import build_eval_set, train_classifier
-    from unidg_rt.export.pipeline import export_pipeline
     from unidg_rt.quant.artifacts import quantize_folder
     from unidg_rt.quant.calibration import capture, load_manifest
     from unidg_rt.quant.qdq import modelopt_available
@@ -32,7 +33,7 @@ def default_report(tmp_path_factory):
     from unidg_rt.runtime.pipeline import UniDGPipeline
 
     root = tmp_path_factory.mktemp("default_q")
-    export_pipeline(None, root / "onnx")
+    shutil.copytree(default_onnx_dir, root / "onnx")  # the shipped model with its APO adapter
     pipe = UniDGPipeline.from_onnx(root / "onnx")
     known = {c.replace("_", " ") for c in pipe.embeddings.categories}
     manifest = json.loads(MANIFEST.read_text())

@@ -247,6 +247,10 @@ def _to_precision(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module
     current = next((p.dtype for p in model.parameters() if p.is_floating_point()), dtype)
     if current == dtype:
         return model
+    if getattr(model, "adapter_names", ()):  # a copy's hooks would still read the original manager
+        raise ExportError(
+            f"the transformer carries adapters and is {current}: load it in the export precision ({dtype}) instead"
+        )
     logger.info("casting a copy of the model %s → %s for export", current, dtype)
     return copy.deepcopy(model).to(dtype)
 

@@ -18,6 +18,14 @@ unchanged weights is re-exported. Precision: it follows the VAE (``vae_precision
 ``precision``: fp32 / fp16 / bf16), so a ``--precision fp16`` folder builds every engine at fp16.
 It is never quantised (``unidg-rt quantize`` covers transformer and VAE only): an int8/fp8 run
 uses its most precise export, as it does for the VAE.
+
+**Adapters.** Every LoRA the card ``defaults["adapters"]`` names (its file beside the checkpoint)
+and every extra ``loras`` entry is carried in the transformer graph as a low-rank branch of its
+target linears, run by the same hooks as the torch backend (time gate ``k(t)`` computed from
+``timestep`` in-graph), with the strengths as the input ``adapter_scales [A]``
+(:mod:`unidg_rt.artifacts.adapters`). The transformer's stage key covers each adapter's name and
+file sha256; the manifest records them (``manifest["adapters"]``) and each transformer artifact
+lists the ones it carries.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unidg_rt.artifacts.adapters import card_adapter_strengths
+from unidg_rt.artifacts.onnx_folder import MANIFEST_FORMAT, MANIFEST_NAME, manifest_entry
 from unidg_rt.errors import ConfigError, WeightsError
 from unidg_rt.export.forms import EXPORT_FORMS, ORT_RUNNABLE_FORMS
 from unidg_rt.export.onnx import (
@@ -44,9 +54,8 @@ from unidg_rt.export.onnx import (
     stage_key,
     up_to_date,
 )
-from unidg_rt.export.spec import GenerationRange, IOSpec, component_spec
+from unidg_rt.export.spec import GenerationRange, IOSpec, component_spec, with_adapters
 from unidg_rt.models.config import FluxConfig
-from unidg_rt.runtime.ort_backend import MANIFEST_FORMAT, MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +115,35 @@ def reference_encoder_source(path: Path, defaults: dict[str, Any]) -> tuple[Path
     return file, dataclasses.asdict(read_reference_encoder_config(file))
 
 
-def pipeline_specs(config: FluxConfig, vae_config, ranges, ref_config=None) -> dict[str, IOSpec]:
+def adapter_sources(path: Path, defaults: dict[str, Any], loras=()) -> dict[str, dict[str, Any]]:
+    """``{name: {"file", "sha256", "strength", "source"}}`` of the adapters an export carries: the
+    card's (files beside the checkpoint) then ``loras`` (``(file, name, strength)`` each)."""
+    base = path if path.is_dir() else path.parent
+    out: dict[str, dict[str, Any]] = {}
+    card = defaults.get("adapters") or {}
+    entries = [
+        (base / (card[n] or {}).get("file", ""), n, s, "card")
+        for n, s in card_adapter_strengths(defaults).items()
+    ]
+    for i, item in enumerate(loras):
+        file, name, strength = (tuple(item) + (None, 1.0))[:3]
+        entries.append((Path(file), name or Path(file).stem, float(strength), "lora"))
+        if not Path(file).is_file():
+            raise WeightsError(f"loras[{i}]={str(file)!r} does not exist: pass a LoRA .safetensors file")
+    for file, name, strength, source in entries:
+        if name in out:
+            raise ConfigError(f"adapter name {name!r} is used twice; give each LoRA its own name (NAME=PATH)")
+        if source == "card" and not file.is_file():
+            raise WeightsError(
+                f"{path} names adapter {name!r} but {file} does not exist: copy it beside the checkpoint"
+            )
+        out[name] = {"file": str(file), "sha256": file_sha256(file), "strength": strength, "source": source}
+    return out
+
+
+def pipeline_specs(config: FluxConfig, vae_config, ranges, ref_config=None, adapters=()) -> dict[str, IOSpec]:
     specs = {
-        "transformer": component_spec("transformer", config, ranges),
+        "transformer": with_adapters(component_spec("transformer", config, ranges), adapters),
         "vae_encoder": component_spec("vae_encoder", vae_config or {}, ranges),
         "vae_decoder": component_spec("vae_decoder", vae_config or {}, ranges),
     }
@@ -129,11 +164,13 @@ def export_pipeline(
     ranges: GenerationRange | dict[str, GenerationRange] | None = None,
     external_data: bool | None = None,
     force: bool = False,
+    loras: Sequence[tuple] = (),
 ) -> dict[str, Any]:
-    """Export the transformer (one file per attention form), the VAE encoder/decoder and, when the
-    checkpoint has one, its reference encoder (``None`` = the embedded default model) into
-    ``out_dir`` and write the manifest. Returns the manifest; ``manifest["results"]`` lists what
-    was exported or skipped."""
+    """Export the transformer (one file per attention form) with its adapters, the VAE
+    encoder/decoder and, when the checkpoint has one, its reference encoder (``None`` = the
+    embedded default model) into ``out_dir`` and write the manifest. ``loras``: extra LoRA files
+    to carry, ``(file, name, strength)`` each (name and strength optional). Returns the manifest;
+    ``manifest["results"]`` lists what was exported or skipped."""
     from unidg_rt.runtime.assets import default_model_path
 
     path = Path(checkpoint_path) if checkpoint_path is not None else default_model_path()
@@ -165,9 +202,13 @@ def export_pipeline(
             raise ConfigError(f"components=['reference_encoder']: {path} names no reference encoder")
     text_seq_len = int(defaults.get("text_seq_len", 512))
     ranges = ranges or {"default": GenerationRange.around(int(defaults.get("height", 512)), text_seq_len)}
-    specs = pipeline_specs(config, vae_config, ranges, ref[1] if ref else None)
+    adapters = adapter_sources(path, defaults, loras)
+    specs = pipeline_specs(config, vae_config, ranges, ref[1] if ref else None, tuple(adapters))
     source = _source_sha256(path)
     sources = {c: source for c in specs}
+    if adapters:  # keyed on the checkpoint and each adapter's name and file
+        tags = ";".join(f"{n}:{a['sha256']}" for n, a in adapters.items())
+        sources["transformer"] = hashlib.sha256(f"{source};{tags}".encode()).hexdigest()
     if ref is not None:  # keyed on the checkpoint and the encoder file
         sources["reference_encoder"] = hashlib.sha256(f"{source}:{file_sha256(ref[0])}".encode()).hexdigest()
     jobs = [("transformer", f, precision) for f in forms if "transformer" in components]
@@ -185,7 +226,7 @@ def export_pipeline(
             logger.info("%s.onnx is up to date; skipping", stem)
             results.append(ExportResult(component, out_dir / f"{stem}.onnx", out_dir / f"{stem}.json", True))
             continue
-        model = _load(models, component, ref[0] if component == "reference_encoder" else path, prec)
+        model = _load(models, component, ref[0] if component == "reference_encoder" else path, prec, adapters)
         results.append(
             export_component(component, model, spec, out_dir, prec, form, opset,
                              source_sha256=sources[component], external_data=external_data, force=force)
@@ -193,7 +234,7 @@ def export_pipeline(
 
     embeddings = _copy_embeddings(path, out_dir)
     manifest = _write_manifest(
-        out_dir, path, sources, config, vae_config, defaults, specs, forms, precision, embeddings
+        out_dir, path, sources, config, vae_config, defaults, specs, forms, precision, embeddings, adapters
     )
     manifest["results"] = [
         {"component": r.component, "file": r.path.name, "skipped": r.skipped} for r in results
@@ -201,9 +242,11 @@ def export_pipeline(
     return manifest
 
 
-def _load(cache: dict[str, Any], component: str, path: Path, precision: str):
-    """Load the transformer / VAE / reference encoder (``path``: its own file) once per precision
-    (the VAE encoder and decoder share the VAE)."""
+def _load(cache: dict[str, Any], component: str, path: Path, precision: str, adapters=None):
+    """Load the transformer (wrapped with its ``adapters`` as branches) / VAE / reference encoder
+    (``path``: its own file) once per precision (the VAE encoder and decoder share the VAE)."""
+    from unidg_rt.export.wrappers import TransformerExport
+    from unidg_rt.models.adapters import AdapterManager
     from unidg_rt.models.loading import load_transformer, load_vae
     from unidg_rt.models.refenc import load_reference_encoder
 
@@ -212,7 +255,11 @@ def _load(cache: dict[str, Any], component: str, path: Path, precision: str):
     if key not in cache:
         dtype = PRECISIONS[precision]
         if kind == "transformer":
-            cache[key] = load_transformer(path, dtype=dtype)
+            model = load_transformer(path, dtype=dtype)
+            manager = AdapterManager(model)
+            for name, a in (adapters or {}).items():
+                manager.load_lora(a["file"], name, strength=a["strength"])
+            cache[key] = TransformerExport(model, manager if adapters else None).eval().requires_grad_(False)
         elif kind == "vae":
             cache[key] = load_vae(path, dtype=dtype)
         else:
@@ -231,7 +278,7 @@ def _copy_embeddings(path: Path, out_dir: Path) -> str | None:
 
 
 def _write_manifest(
-    out_dir, path, sources, config, vae_config, defaults, specs, forms, precision, embeddings
+    out_dir, path, sources, config, vae_config, defaults, specs, forms, precision, embeddings, adapters
 ):
     """Merge what is on disk into ``unidg_onnx.json`` (artifacts of earlier exports are kept
     when they came from the same weights: ``sources`` per component)."""
@@ -247,9 +294,7 @@ def _write_manifest(
             continue
         if info.get("dry_run") or not (out_dir / info["onnx_file"]).is_file():
             continue
-        artifacts.append(
-            {k: info[k] for k in ("component", "attention_form", "precision", "opset", "onnx_file")}
-        )
+        artifacts.append(manifest_entry(info))
     exported_forms = [a["attention_form"] for a in artifacts if a["component"] == "transformer"]
     runnable = [f for f in FORM_PREFERENCE if f in exported_forms and f in ORT_RUNNABLE_FORMS]
     runnable = [f for f in runnable if f in forms] or runnable
@@ -272,6 +317,7 @@ def _write_manifest(
         "precision": precision,
         "artifacts": artifacts,
         "embeddings": embeddings,
+        "adapters": {n: {k: v for k, v in a.items() if k != "file"} for n, a in adapters.items()},
         "profiles": {name: spec.to_dict()["profiles"] for name, spec in specs.items()},
     }
     if "reference_encoder" in specs:  # absent without one: such manifests stay as they were

@@ -16,10 +16,11 @@ numpy only: no torch, no onnx.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -314,6 +315,25 @@ def transformer_spec(config, ranges: Ranges = None, num_groups: int = NUM_GROUPS
         profiles,
         {"tokens": "text_tokens+img_tokens"},
         attrs,
+    )
+
+
+def with_adapters(spec: IOSpec, adapters: Sequence[str]) -> IOSpec:
+    """The transformer spec with its LoRA adapters as graph branches: one more input
+    ``adapter_scales [A]`` (the per-call strength of each adapter, in ``adapters`` order; the
+    time gates ``k(t)`` are computed in-graph from ``timestep``) and ``attrs["adapters"]``."""
+    if spec.component != "transformer":
+        raise ConfigError(f"adapters apply to the transformer only, not {spec.component!r}")
+    names = tuple(adapters)
+    if not names:
+        return spec
+    if len(set(names)) != len(names):
+        raise ConfigError(f"adapter names {list(names)} repeat; give each adapter its own name")
+    scales = TensorSpec(
+        "adapter_scales", "float32", (len(names),), "unit", doc=f"strength per adapter: {', '.join(names)}"
+    )
+    return dataclasses.replace(
+        spec, inputs=(*spec.inputs, scales), attrs={**spec.attrs, "adapters": list(names)}
     )
 
 

@@ -8,6 +8,7 @@ run eagerly, so ORT parity checks compare against exactly what was exported.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -28,12 +29,27 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
 
 class TransformerExport(nn.Module):
     """``FluxTransformer`` with a fixed input set: ``token_groups [N]`` and the full per-layer
-    table ``group_bias [L, H, G, G]`` are always inputs (zeros = no bias)."""
+    table ``group_bias [L, H, G, G]`` are always inputs (zeros = no bias).
 
-    def __init__(self, model: nn.Module):
+    ``adapters`` (an :class:`~unidg_rt.models.adapters.AdapterManager` on ``model``): every
+    loaded LoRA stays a low-rank branch of its target linears, run by the same hooks as the
+    torch backend, with its strength taken from the input ``adapter_scales [A]`` (``adapter_names``
+    order) and its time gate computed from ``timestep`` in-graph. Unfused adapters only: a fused
+    one is part of the base weights already."""
+
+    def __init__(self, model: nn.Module, adapters=None):
         super().__init__()
         self.model = model
         self.dtype = _model_dtype(model)
+        self.adapters = adapters
+        self.adapter_names: tuple[str, ...] = ()
+        if adapters is not None:
+            fused = [n for n in adapters.adapters if adapters.is_fused(n)]
+            if fused:
+                raise ExportError(
+                    f"adapters {fused} are fused; unfuse_lora() before exporting them as branches"
+                )
+            self.adapter_names = tuple(adapters.adapters)
 
     def forward(
         self,
@@ -46,19 +62,29 @@ class TransformerExport(nn.Module):
         guidance=None,
         token_groups=None,
         group_bias=None,
+        adapter_scales=None,
     ):
         dt = self.dtype
-        out = self.model(
-            hidden_states=hidden_states.to(dt),
-            encoder_hidden_states=encoder_hidden_states.to(dt),
-            pooled_projections=pooled_projections.to(dt),
-            timestep=timestep,
-            img_ids=img_ids,
-            txt_ids=txt_ids,
-            guidance=guidance,
-            token_groups=token_groups,
-            group_bias=group_bias,
-        )
+        strengths = {}
+        if self.adapter_names:
+            if adapter_scales is None:
+                raise ExportError(
+                    f"adapter_scales is required: the graph carries adapters {self.adapter_names}"
+                )
+            strengths = {n: adapter_scales[i] for i, n in enumerate(self.adapter_names)}  # 0-d each
+        ctx = self.adapters.strength_inputs(strengths) if self.adapter_names else contextlib.nullcontext()
+        with ctx:
+            out = self.model(
+                hidden_states=hidden_states.to(dt),
+                encoder_hidden_states=encoder_hidden_states.to(dt),
+                pooled_projections=pooled_projections.to(dt),
+                timestep=timestep,
+                img_ids=img_ids,
+                txt_ids=txt_ids,
+                guidance=guidance,
+                token_groups=token_groups,
+                group_bias=group_bias,
+            )
         return out.float()  # noise_pred [B, N_img, out_dim]
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unidg_rt.artifacts.onnx_folder import manifest_entry
 from unidg_rt.errors import ConfigError, WeightsError
 from unidg_rt.jobs.io import atomic_write_bytes, sha256_file
 from unidg_rt.quant.qdq import DEFAULT_MIN_COVERAGE, QDQ_PRECISIONS, quantize_onnx
@@ -167,7 +168,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _entry(sidecar: dict[str, Any]) -> dict[str, Any]:
-    return {k: sidecar[k] for k in ("component", "attention_form", "precision", "opset", "onnx_file")}
+    return manifest_entry(sidecar)
 
 
 def _sidecar(out: Path, src: Path, src_side, src_entry, cal_file: Path, key: str, res) -> dict[str, Any]:

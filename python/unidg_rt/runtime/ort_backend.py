@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from unidg_rt.artifacts.adapters import INPUT_NAME as ADAPTER_INPUT
+from unidg_rt.artifacts.adapters import AdapterScales, card_adapter_strengths, check_card_adapters
+from unidg_rt.artifacts.onnx_folder import MANIFEST_FORMAT, MANIFEST_NAME
 from unidg_rt.engines.manifest import PRECISIONS  # most precise first
 from unidg_rt.errors import BackendUnavailableError, ConfigError, InvalidInputError, WeightsError
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "unidg_onnx.json"
-MANIFEST_FORMAT = "unidg-onnx/1"
 #: forms ONNX Runtime can execute; ``plugin`` needs the TensorRT plugin
 ORT_FORMS = ("decomposed", "fold", "attention_op")
 _NP_TYPES = {
@@ -144,13 +145,35 @@ class OrtRunner:
         }
 
 
+def graph_adapters(
+    names: list[str], manifest: dict[str, Any], input_names, what: str, fix: str
+) -> AdapterScales:
+    """The strengths state of a transformer graph/plan carrying adapters ``names``: refused when
+    it lacks one the card names or its inputs disagree with its record; starts at the card's
+    strengths, then the export's (``manifest["adapters"]``)."""
+    check_card_adapters(names, manifest.get("defaults"), what, fix)
+    if bool(names) != (ADAPTER_INPUT in input_names):
+        raise WeightsError(
+            f"{what}: its record lists adapters {names} but its inputs {'lack' if names else 'have'} "
+            f"{ADAPTER_INPUT!r}; {fix}"
+        )
+    initial = card_adapter_strengths(manifest.get("defaults"))
+    initial.update({n: float(a.get("strength", 1.0)) for n, a in (manifest.get("adapters") or {}).items()})
+    return AdapterScales(names, initial)
+
+
 class OrtTransformerRunner(OrtRunner):
     """Fills the optional inputs the way the torch model treats ``None``: ``token_groups`` zeros
     and ``group_bias`` zeros (no bias); broadcasts ``[G,G]`` / ``[H,G,G]`` tables to the graph's
-    ``[L, H, G, G]``; accepts ``[B, N]`` groups when every row is the same."""
+    ``[L, H, G, G]``; accepts ``[B, N]`` groups when every row is the same; feeds
+    ``adapter_scales`` from ``adapters`` (:class:`AdapterScales`) unless the feed has it."""
+
+    adapters: AdapterScales | None = None
 
     def prepare(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
         feed = dict(feed)
+        if self.adapters and feed.get(ADAPTER_INPUT) is None:
+            feed[ADAPTER_INPUT] = self.adapters.array()
         n_tokens = np.shape(feed["encoder_hidden_states"])[1] + np.shape(feed["hidden_states"])[1]
         if feed.get("token_groups") is None or feed.get("group_bias") is None:
             feed["token_groups"] = np.zeros((n_tokens,), np.int64)
@@ -292,6 +315,13 @@ class OrtBackend:
                     "%s: %s unavailable at run time, running on %s", component, self.providers[0], got[0]
                 )
         self.transformer = OrtTransformerRunner(sessions["transformer"], "transformer", io_binding)
+        t = self.artifacts["transformer"]
+        self.adapter_scales = graph_adapters(
+            list(t.get("adapters") or []), self.manifest, self.transformer.input_names,
+            f"{self.onnx_dir / t['onnx_file']}",
+            f"re-export with `unidg-rt export --out {self.onnx_dir}` (it carries the card's adapters)",
+        )  # fmt: skip
+        self.transformer.adapters = self.adapter_scales
         self.vae_encoder = OrtRunner(sessions["vae_encoder"], "vae_encoder", io_binding)
         self.vae_decoder = OrtRunner(sessions["vae_decoder"], "vae_decoder", io_binding)
         self.reference_encoder = (
@@ -299,7 +329,6 @@ class OrtBackend:
             if "reference_encoder" in sessions
             else None
         )
-        t = self.artifacts["transformer"]
         self.info = {
             "backend": "onnxruntime",
             "onnxruntime": ort.__version__,
@@ -307,7 +336,16 @@ class OrtBackend:
             "attention_form": t["attention_form"],
             "precision": t["precision"],
             "onnx_dir": str(self.onnx_dir),
+            "adapters": list(self.adapter_scales.names),
         }
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        return self.adapter_scales.names
+
+    def set_adapter_scales(self, scales: dict[str, float]) -> None:
+        """Strength per adapter the graph carries (fed as ``adapter_scales``); unknown names raise."""
+        self.adapter_scales.set(scales)
 
     def asarray(self, x: np.ndarray, dtype: str | None = None) -> np.ndarray:
         x = np.asarray(x)

@@ -16,7 +16,7 @@ import numpy as np
 
 from unidg_rt.diptych import MASKED_VALUE, Diptych, prepare_diptych
 from unidg_rt.embeddings import EmbeddingsCache
-from unidg_rt.errors import ConfigError, InvalidInputError, WeightsError
+from unidg_rt.errors import BackendCapabilityError, ConfigError, InvalidInputError, WeightsError
 from unidg_rt.groups import NUM_GROUPS, default_group_bias, text_token_groups
 from unidg_rt.runtime.backend import cat, latent_image_ids, pack_latents, unpack_latents
 from unidg_rt.runtime.outputs import UniDGPipelineOutput, format_images
@@ -164,9 +164,9 @@ class UniDGPipeline:
     # ------------------------------------------------------------------ LoRA (diffusers-style names)
     def _adapter_manager(self):
         if not hasattr(self.backend, "adapters"):
-            raise InvalidInputError(
-                f"LoRA loading needs the torch backend (this pipeline runs on {self.backend.name}); "
-                "fuse adapters before export instead"
+            raise BackendCapabilityError(
+                f"loading / fusing LoRA needs the torch backend (this pipeline runs on {self.backend.name}); "
+                "load it before exporting: `unidg-rt export --lora NAME=PATH` carries it in the graph"
             )
         return self.backend.adapters
 
@@ -174,13 +174,28 @@ class UniDGPipeline:
         """Load a diffusers/peft LoRA (FLUX.1-dev LoRAs are zero-padded onto Fill's 384 inputs)."""
         return self._adapter_manager().load_lora(path, adapter_name, strength=scale)
 
+    def _adapter_setter(self, what: str):
+        setter = getattr(self.backend, "set_adapter_scales", None)
+        if setter is None:
+            raise BackendCapabilityError(
+                f"{what} sets adapter strengths but the {self.backend.name} backend has no adapters; "
+                "run it on torch, ONNX Runtime or TensorRT with the adapters exported"
+            )
+        return setter
+
     def set_adapters(self, adapter_names, adapter_weights=None) -> None:
+        """diffusers' ``set_adapters``: the named adapters at ``adapter_weights`` (default 1.0),
+        every other loaded (or graph-carried) adapter at 0. Every backend."""
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         weights = adapter_weights if adapter_weights is not None else [1.0] * len(names)
         weights = [weights] * len(names) if isinstance(weights, (int, float)) else list(weights)
-        mgr = self._adapter_manager()
-        mgr.set_scales({n: 0.0 for n in mgr.adapters if n not in names})
-        mgr.set_scales(dict(zip(names, weights, strict=True)))
+        if len(weights) != len(names):
+            raise InvalidInputError(
+                f"adapter_weights has {len(weights)} values for {len(names)} adapter_names; give one each"
+            )
+        setter = self._adapter_setter("set_adapters")
+        setter(dict(zip(names, weights, strict=True)))  # unknown names raise before anything changes
+        setter({n: 0.0 for n in self.backend.adapter_names if n not in names})
 
     def fuse_lora(self, adapter_names=None) -> None:
         self._adapter_manager().fuse(adapter_names)
@@ -334,8 +349,8 @@ class UniDGPipeline:
         return None if lam is None else default_group_bias(float(lam))
 
     def _set_adapters(self, segment) -> None:
-        if segment is not None and segment.adapter_scales and hasattr(self.backend, "set_adapter_scales"):
-            self.backend.set_adapter_scales(segment.adapter_scales)
+        if segment is not None and segment.adapter_scales:
+            self._adapter_setter(f"segment {segment.adapter_scales}")(segment.adapter_scales)
 
     # ------------------------------------------------------------------ call
     def __call__(

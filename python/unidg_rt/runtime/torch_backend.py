@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unidg_rt.errors import InvalidInputError
 from unidg_rt.models.mmdit import FluxTransformer
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,17 @@ class TorchBackend:
             self._adapters = AdapterManager(self.transformer_model)
         return self._adapters
 
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        return tuple(self.adapters.adapters)
+
     def set_adapter_scales(self, scales: dict[str, float]) -> None:
+        unknown = [n for n in scales if n not in self.adapters.adapters]
+        if unknown:
+            raise InvalidInputError(
+                f"adapter_scales names {unknown}, which are not loaded (loaded: {list(self.adapters.adapters)}); "
+                "load_lora_weights(path, adapter_name=...) first"
+            )
         self.adapters.set_scales(scales)
 
     def asarray(self, x: np.ndarray, dtype: str | None = None):
