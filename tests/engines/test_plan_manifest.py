@@ -272,3 +272,41 @@ def test_trt_runner_feed_adaptation_matches_ort():
     )
     with pytest.raises(InvalidInputError, match="differ per batch row"):
         runner._adapt({**base, "token_groups": np.arange(48).reshape(2, 24), "group_bias": table})
+
+
+def test_trt_runner_feeds_adapter_scales_like_ort():
+    """Plans carrying LoRA branches: both runners feed the backend's strengths as
+    ``adapter_scales [A]`` (float32, adapter order) unless the call passes them."""
+    import numpy as np
+    import torch
+
+    from unidg_rt.artifacts.adapters import AdapterScales
+    from unidg_rt.runtime.ort_backend import OrtTransformerRunner
+    from unidg_rt.runtime.trt_backend import TRTRunner
+
+    names = ("hidden_states", "encoder_hidden_states", "adapter_scales")
+    scales = AdapterScales(["apo", "style"], {"apo": 0.5})
+    runner = TRTRunner.__new__(TRTRunner)
+    runner.torch, runner.device, runner.input_names, runner.adapters = (
+        torch,
+        torch.device("cpu"),
+        names,
+        scales,
+    )
+    runner.plan_path = mf.Path("transformer-fold.fp16.sm89.trtrtx-1.7.1.116.000000000000.plan")
+    ort = OrtTransformerRunner.__new__(OrtTransformerRunner)
+    ort.component, ort.input_names, ort.adapters = "transformer", names, scales
+    ort._shapes, ort._dtypes = {"group_bias": (1, 1, 1, 1)}, dict.fromkeys(names, np.float32)
+    base = {
+        "hidden_states": np.zeros((1, 16, 8), np.float32),
+        "encoder_hidden_states": np.zeros((1, 8, 4), np.float32),
+        "token_groups": None,
+        "group_bias": None,
+    }
+    for expected in ([0.5, 1.0], [0.0, 0.25]):
+        trt_feed, ort_feed = runner._adapt(dict(base)), ort.prepare(dict(base))
+        np.testing.assert_array_equal(trt_feed["adapter_scales"].numpy(), np.float32(expected))
+        np.testing.assert_array_equal(ort_feed["adapter_scales"], np.float32(expected))
+        scales.set({"apo": 0.0, "style": 0.25})
+    given = np.float32([2.0, 3.0])
+    assert np.array_equal(ort.prepare({**base, "adapter_scales": given})["adapter_scales"], given)

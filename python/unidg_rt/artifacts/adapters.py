@@ -76,3 +76,21 @@ class AdapterScales:
 
     def array(self) -> np.ndarray:
         return self._values.copy()  # [A] float32
+
+
+def graph_adapters(
+    names: list[str], manifest: dict[str, Any], input_names, what: str, fix: str
+) -> AdapterScales:
+    """The strengths state of a transformer graph / plan carrying adapters ``names`` (``manifest``:
+    the ONNX manifest or a plan's recorded facts, with ``defaults`` and ``adapters``): refused when
+    it lacks one the card names or its inputs disagree with its record; starts at the card's
+    strengths, then the export's (``manifest["adapters"]``)."""
+    check_card_adapters(names, manifest.get("defaults"), what, fix)
+    if bool(names) != (INPUT_NAME in input_names):
+        raise WeightsError(
+            f"{what}: its record lists adapters {names} but its inputs {'lack' if names else 'have'} "
+            f"{INPUT_NAME!r}; {fix}"
+        )
+    initial = card_adapter_strengths(manifest.get("defaults"))
+    initial.update({n: float(a.get("strength", 1.0)) for n, a in (manifest.get("adapters") or {}).items()})
+    return AdapterScales(names, initial)

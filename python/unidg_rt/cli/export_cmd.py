@@ -25,6 +25,21 @@ def _split(value: str, name: str) -> tuple[str, ...]:
     return items
 
 
+def parse_lora(value: str) -> tuple[Path, str, float]:
+    """``[NAME=]PATH[@SCALE]`` → ``(path, name, scale)`` (name: the file's stem; scale: 1.0)."""
+    spec, _, scale = value.rpartition("@") if "@" in value else (value, "", "1")
+    name, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
+    try:
+        strength = float(scale)
+    except ValueError:
+        raise InvalidInputError(
+            f"--lora {value!r}: scale {scale!r} is not a number; use NAME=PATH@0.8"
+        ) from None
+    if not path:
+        raise InvalidInputError(f"--lora {value!r} names no file; use [NAME=]PATH[@SCALE]")
+    return Path(path), name or Path(path).stem, strength
+
+
 def export(
     weights: Optional[Path] = typer.Option(
         None, help="UniDG checkpoint or diffusers folder (default: embedded model)"
@@ -46,6 +61,12 @@ def export(
     ),
     force: bool = typer.Option(False, "--force", help="re-export even when a stage is up to date"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON on stdout"),
+    lora: list[str] = typer.Option(
+        [],
+        "--lora",
+        help="extra LoRA to carry in the transformer graph, [NAME=]PATH[@SCALE] (repeatable); "
+        "the card's adapters are always carried",
+    ),  # fmt: skip
 ) -> None:
     """Export a checkpoint to ONNX for the onnxruntime backend and engine builds."""
     from unidg_rt.export.pipeline import export_pipeline
@@ -55,7 +76,7 @@ def export(
     t0 = time.perf_counter()
     manifest = export_pipeline(
         weights, out_dir, forms=_split(forms, "forms"), precision=precision, components=_split(components, "components"),
-        opset=opset, external_data=external_data, force=force,
+        opset=opset, external_data=external_data, force=force, loras=[parse_lora(v) for v in lora],
     )  # fmt: skip
     elapsed = time.perf_counter() - t0
     if as_json:
@@ -69,6 +90,11 @@ def export(
             r["component"], r["file"], "[dim]up to date[/]" if r["skipped"] else "[green]exported[/]"
         )
     console.print(table)
+    if manifest["adapters"]:
+        carried = ", ".join(
+            f"{n} ({a['source']}, strength {a['strength']:g})" for n, a in manifest["adapters"].items()
+        )
+        console.print(f"adapters in the transformer graph: {carried}")
     console.print(f"default attention form: {manifest['attention_form']}, precision {manifest['precision']} "
                   f"({elapsed:.1f} s); run with --backend onnxruntime --onnx-dir {out_dir}")  # fmt: skip
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from unidg_rt.artifacts.adapters import artifact_adapters
+from unidg_rt.artifacts.onnx_folder import MANIFEST_NAME
 from unidg_rt.engines import manifest as mf
 from unidg_rt.errors import ConfigError
 
@@ -139,15 +141,27 @@ def profiles_from_spec(spec, size_range: str | None = None) -> dict[str, tuple[t
 
 def pipeline_facts(onnx_path: Path) -> dict[str, Any]:
     """Pipeline facts of the exported folder (``unidg_onnx.json``: text length, widths, latent
-    channels, VAE scale, guidance + the checkpoint defaults) — stored in the plan sidecar so
-    ``from_engines`` needs nothing but the plan folder. ``{}`` when there is no such manifest."""
+    channels, VAE scale, guidance + the checkpoint defaults and the export's adapters), plus
+    ``carried_adapters``: the adapters this graph carries (its sidecar's spec), in
+    ``adapter_scales`` order — stored in the plan sidecar so ``from_engines`` needs nothing but the
+    plan folder. ``{}`` when there is no such manifest."""
     import json
 
-    path = onnx_path.parent / "unidg_onnx.json"
+    path = onnx_path.parent / MANIFEST_NAME
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict) or not isinstance(data.get("pipeline"), dict):
         return {}
-    return {**data["pipeline"], "defaults": data.get("defaults") or {}}
+    try:
+        sidecar = json.loads(onnx_path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        sidecar = {}
+    facts = {
+        **data["pipeline"],
+        "defaults": data.get("defaults") or {},
+        "adapters": data.get("adapters") or {},
+    }
+    facts["carried_adapters"] = artifact_adapters(sidecar) if isinstance(sidecar, dict) else []
+    return facts

@@ -126,7 +126,8 @@ def adapter_sources(path: Path, defaults: dict[str, Any], loras=()) -> dict[str,
         for n, s in card_adapter_strengths(defaults).items()
     ]
     for i, item in enumerate(loras):
-        file, name, strength = (tuple(item) + (None, 1.0))[:3]
+        file, name, strength = (*item, None, None)[:3]
+        strength = 1.0 if strength is None else strength
         entries.append((Path(file), name or Path(file).stem, float(strength), "lora"))
         if not Path(file).is_file():
             raise WeightsError(f"loras[{i}]={str(file)!r} does not exist: pass a LoRA .safetensors file")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from unidg_rt.artifacts.adapters import INPUT_NAME as ADAPTER_INPUT
-from unidg_rt.artifacts.adapters import AdapterScales, card_adapter_strengths, check_card_adapters
+from unidg_rt.artifacts.adapters import AdapterScales, graph_adapters
 from unidg_rt.artifacts.onnx_folder import MANIFEST_FORMAT, MANIFEST_NAME
 from unidg_rt.engines.manifest import PRECISIONS  # most precise first
 from unidg_rt.errors import BackendUnavailableError, ConfigError, InvalidInputError, WeightsError
@@ -143,23 +143,6 @@ class OrtRunner:
             n: (o.astype(np.float32) if np.issubdtype(o.dtype, np.floating) else o)
             for n, o in zip(self.output_names, outs, strict=True)
         }
-
-
-def graph_adapters(
-    names: list[str], manifest: dict[str, Any], input_names, what: str, fix: str
-) -> AdapterScales:
-    """The strengths state of a transformer graph/plan carrying adapters ``names``: refused when
-    it lacks one the card names or its inputs disagree with its record; starts at the card's
-    strengths, then the export's (``manifest["adapters"]``)."""
-    check_card_adapters(names, manifest.get("defaults"), what, fix)
-    if bool(names) != (ADAPTER_INPUT in input_names):
-        raise WeightsError(
-            f"{what}: its record lists adapters {names} but its inputs {'lack' if names else 'have'} "
-            f"{ADAPTER_INPUT!r}; {fix}"
-        )
-    initial = card_adapter_strengths(manifest.get("defaults"))
-    initial.update({n: float(a.get("strength", 1.0)) for n, a in (manifest.get("adapters") or {}).items()})
-    return AdapterScales(names, initial)
 
 
 class OrtTransformerRunner(OrtRunner):

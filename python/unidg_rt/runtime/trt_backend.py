@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from unidg_rt.artifacts.adapters import INPUT_NAME as ADAPTER_INPUT
+from unidg_rt.artifacts.adapters import AdapterScales, graph_adapters
 from unidg_rt.engines import manifest as mf
 from unidg_rt.errors import BackendUnavailableError, EngineMismatchError, InvalidInputError
 
@@ -64,7 +66,10 @@ def _trt_logger(trt):
 
 
 class TRTRunner:
-    """One engine + one execution context; ``infer(feed) -> {output: tensor}``."""
+    """One engine + one execution context; ``infer(feed) -> {output: tensor}``. ``adapters``
+    (transformer plans carrying LoRA branches): the :class:`AdapterScales` fed as ``adapter_scales``."""
+
+    adapters: AdapterScales | None = None
 
     def __init__(self, plan_path: str | Path, *, manifest: dict[str, Any], trt, device: str = "cuda",
                  cuda_graph: bool = False, runtime_cache: str | Path | None = None):  # fmt: skip
@@ -164,6 +169,8 @@ class TRTRunner:
                 feed["token_groups"] = groups[0]
         if "guidance" not in self.input_names:
             feed.pop("guidance", None)
+        if self.adapters and feed.get(ADAPTER_INPUT) is None:  # the backend's strengths, [A]
+            feed[ADAPTER_INPUT] = torch.from_numpy(self.adapters.array()).to(self.device)
         missing = [n for n in self.input_names if feed.get(n) is None]
         if missing:
             raise InvalidInputError(
@@ -264,12 +271,28 @@ class TRTBackend:
                                       cuda_graph=cuda_graph and role == "transformer", runtime_cache=cache)  # fmt: skip
         self.transformer, self.vae_encoder, self.vae_decoder = (runners[r] for r in ROLES)
         self.reference_encoder = runners.get("reference_encoder")
+        path, manifest = plans["transformer"]
+        meta = manifest.get("metadata") or {}
+        self.adapter_scales = graph_adapters(
+            list(meta.get("carried_adapters") or []), meta, self.transformer.input_names, path.name,
+            "re-export with `unidg-rt export` (it carries the card's adapters) and rebuild with `unidg-rt build`",
+        )  # fmt: skip
+        self.transformer.adapters = self.adapter_scales
         self.info = {
             "backend": "tensorrt",
             "device": str(self.device),
             "engines": {r: plans[r][0].name for r in runners},
             "cuda_graph": cuda_graph,
+            "adapters": list(self.adapter_scales.names),
         }
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        return self.adapter_scales.names
+
+    def set_adapter_scales(self, scales: dict[str, float]) -> None:
+        """Strength per adapter the plan carries (fed as ``adapter_scales``); unknown names raise."""
+        self.adapter_scales.set(scales)
 
     def asarray(self, x: np.ndarray, dtype: str | None = None):
         t = self.torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
