@@ -67,6 +67,8 @@ def _with_reference_encoder(folder):
         return src
     path = folder / "model.safetensors"
     shutil.copyfile(src, path)
+    for spec in (card.defaults.get("adapters") or {}).values():  # the card's adapters travel with it
+        shutil.copyfile(src.parent / spec["file"], folder / spec["file"])
     rewrite_card_defaults(
         path, {**card.defaults, "reference_encoder": {"file": "reference_encoder.safetensors"}}
     )
@@ -124,6 +126,12 @@ def test_plan_and_manifest(plans, exported, tag):
     assert m["profiles"] and all(len(v) == 3 for v in m["profiles"][0].values())
     assert m["flags"]["timing_cache"] == "not requested"
     assert m["metadata"]["latent_channels"] == 16  # pipeline facts from unidg_onnx.json (from_engines)
+    inputs = [t["name"] for t in m["io"]["inputs"]]
+    if tag.startswith("transformer"):  # the card's APO adapter is in the plan, its strengths an input
+        assert m["metadata"]["carried_adapters"] == ["apo"] and "adapter_scales" in inputs
+        assert m["metadata"]["defaults"]["adapters"]["apo"]["file"] == "apo.safetensors"
+    else:
+        assert "adapter_scales" not in inputs
     for cc in TARGETS[tag]:
         mf.check_plan(info.plan_path, onnx_path=exported[tag], device_cc=cc, builder_version=trt.__version__)
 
@@ -131,7 +139,8 @@ def test_plan_and_manifest(plans, exported, tag):
 def test_fold_form_fuses_without_mask(plans):
     """Bias folding: every attention layer (double + single blocks, from the card) is one fused MHA
     kernel with only q, k, v (head dim + the group columns, padded to a multiple of 8), so the N×N
-    bias never exists."""
+    bias never exists — with the card's APO adapter carried as LoRA branches of q/k/v and the
+    projections (the branches are added before attention, so the fusion is unchanged)."""
     r = plans["transformer-fold"].attention
     assert r["fused_mha"] == DEFAULT_LAYERS, r["verdict"]
     assert r["fused_mha_with_mask_input"] == 0 and r["unfused_softmax"] == 0
