@@ -216,10 +216,15 @@ def _diffusers(variant: str, state: dict, tcfg, device, dtype):
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    from unidg_rt.errors import ConfigError
     from unidg_rt.models.vae import AutoencoderKLFlux
-    from unidg_rt.runtime.optimize import normalize_fast_path
+    from unidg_rt.runtime.optimize import check_device, normalize_fast_path
 
-    device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"preset={cfg.preset!r} is not a preset: use one of {sorted(PRESETS)}")
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"dtype={cfg.dtype!r} is not a bench dtype: use float32, bfloat16 or float16")
+    device, dtype = check_device(cfg.device), getattr(torch, cfg.dtype)  # no CUDA: one-line error
     if normalize_fast_path(cfg.fast_path) == "on" and device.type != "cuda":
         fast_path_config("ours-fast", device, "on")  # raises the one-line FastPathError
     tcfg_fn, vcfg_fn = PRESETS[cfg.preset]

@@ -22,3 +22,17 @@ def test_bench_fast_path_off_and_json(run_cli, tmp_path):
     assert run.code == 0, run.stderr
     res = json.loads(out.read_text())["results"]
     assert "median_ms" in res["ours-eager"]["dit_step"] and "--fast-path off" in res["ours-fast"]["skipped"]
+
+
+def test_bench_device_cuda_without_cuda(run_cli, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run_cli("bench", "--preset", "tiny", "--device", "cuda").one_line_error("device='cuda'", "--device cpu")
+
+
+def test_bench_unknown_preset_and_dtype(run_cli):
+    run_cli("bench", "--preset", "flux-schnell", "--device", "cpu").one_line_error(
+        "preset='flux-schnell'", "tiny"
+    )
+    run_cli("bench", "--dtype", "float64", "--device", "cpu").one_line_error("dtype='float64'", "bfloat16")

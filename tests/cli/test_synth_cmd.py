@@ -95,3 +95,11 @@ def test_paste_mode_flag_and_defaults(run_cli, recorded, tmp_path):
 def test_bad_paste_mode_is_one_line(run_cli, recorded, tmp_path):
     run = run_cli("synth", _manifest(tmp_path), "--out", tmp_path / "out", "--paste-mode", "blend")
     run.one_line_error("paste_mode", "'replace' or 'residual'")
+
+
+def test_synth_device_cuda_without_cuda(run_cli, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = run_cli("synth", _manifest(tmp_path), "--out", tmp_path / "out", "--device", "cuda")
+    run.one_line_error("device='cuda'", "--device cpu")
