@@ -65,11 +65,18 @@ def render_table(report) -> Table:
 
 
 def eval_cmd(
-    weights: Optional[Path] = typer.Option(None, help="checkpoint (default: embedded model)"),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights", "--model", help="checkpoint (default: embedded model)"
+    ),
     embeddings: Optional[Path] = typer.Option(None, help="category embeddings cache"),
     cases: int = typer.Option(20, "--cases", help="number of held-out cases (seeds 1_000_000 + i)"),
     steps: Optional[int] = typer.Option(None, "--steps", help="num_inference_steps (default: the model's)"),
-    seeds: int = typer.Option(2, "--seeds", help="generation seeds per case (diversity needs >= 2)"),
+    seeds: Optional[int] = typer.Option(
+        None,
+        "--seeds",
+        help="generation seeds per case (default 2; diversity needs >= 2); with --downstream: "
+        "training seeds (default 3)",
+    ),
     categories: Optional[str] = typer.Option(
         None, help="comma-separated categories (default: the ten of issue 4 the model has embeddings for)"
     ),
@@ -93,9 +100,29 @@ def eval_cmd(
         help="exported ONNX folder: compare --precisions against its fp32 instead (issue 7)",
     ),
     precisions: str = typer.Option("int8", "--precisions", help="with --compare: e.g. int8,fp8"),
+    downstream: bool = typer.Option(
+        False,
+        "--downstream",
+        help="instead: train a small defect segmenter on unidg_rt vs DRAEM-style vs CutPaste defects and "
+        "score it on real procedural defects (pixel AP, image AUROC; issue 18)",
+    ),
+    train_images: Optional[int] = typer.Option(
+        None, "--train-images", help="with --downstream: anomalous training images per method (default 128)"
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="with --downstream: a seconds-long run (tiny sizes, for CI and smoke tests)"
+    ),
 ) -> None:
     """Evaluate SFT vs SFT+APO: presence, background, category consistency, diversity, FD.
-    With ``--compare ONNX_DIR``: quantised precisions vs fp32 (latent cosine, PSNR/SSIM, size)."""
+    With ``--compare ONNX_DIR``: quantised precisions vs fp32 (latent cosine, PSNR/SSIM, size).
+    With ``--downstream``: does a detector trained on the model's defects find real ones?"""
+    if downstream:
+        return downstream_cmd(weights=weights, embeddings=embeddings, config=config, device=device, dtype=dtype,
+                              seeds=seeds, train_images=train_images, quick=quick, steps=steps,
+                              json_path=json_path, markdown=markdown)  # fmt: skip
+    if quick or train_images is not None:
+        raise InvalidInputError("--quick and --train-images belong to --downstream; add --downstream")
+    seeds = 2 if seeds is None else seeds
     if compare is not None:
         from unidg_rt.cli.quantize_cmd import eval_compare
 
@@ -153,6 +180,63 @@ def eval_cmd(
         err_console.print(f"[green]wrote[/] {json_path}")
     if markdown is not None:
         atomic_write_bytes(markdown, report_markdown(report).encode())
+        err_console.print(f"[green]wrote[/] {markdown}")
+
+
+def downstream_cmd(
+    *, weights, embeddings, config, device, dtype, seeds, train_images, quick, steps, json_path, markdown
+) -> None:
+    """``eval --downstream``: the segmenter trained on each defect source, scored on real defects."""
+    from unidg_rt.cli.common import atomic_write_bytes, atomic_write_json, pipeline_from_settings
+    from unidg_rt.evaluation.downstream import (
+        METHOD_LABELS,
+        TABLE_COLUMNS,
+        DownstreamConfig,
+        downstream_markdown,
+        format_cell,
+        run_downstream,
+    )
+    from unidg_rt.settings import load_settings
+
+    overrides = {k: v for k, v in (("seeds", seeds), ("train_images", train_images),
+                                   ("num_inference_steps", steps)) if v is not None}  # fmt: skip
+    cfg = (DownstreamConfig.quick(**overrides) if quick else DownstreamConfig(**overrides)).check()
+    settings = load_settings(config, weights=weights, embeddings=embeddings, device=device, dtype=dtype)
+    pipe = pipeline_from_settings(settings)
+    label = str(weights) if weights is not None else "embedded default"
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as progress:  # fmt: skip
+        task = progress.add_task("downstream", total=None)
+
+        def on_progress(label: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, description=label)
+
+        report = run_downstream(pipe, cfg, model_label=label, progress=on_progress)
+    s = report.settings
+    table = Table(
+        title=f"unidg-rt eval --downstream — {s['seeds']} seeds, {s['train_images']} training images per method, "
+        f"{s['test_images']} + {s['test_images']} test images at {s['size']} px",
+        caption="mean ± std over seeds; test defects are real procedural defects from the same procedural "
+        "family the model was trained on",
+    )
+    table.add_column("training defects")
+    for name, _ in TABLE_COLUMNS:
+        table.add_column(name, justify="right")
+    table.add_column("near-empty paints", justify="right", style="dim")
+    for m, method_label in METHOD_LABELS.items():
+        cells = [format_cell(report.methods[m].get(key)) for _, key in TABLE_COLUMNS]
+        table.add_row(method_label, *cells, f"{report.paint['near_empty_share'][m]:.0%}")
+    console.print(table)
+    console.print(
+        f"model: {label}; wall {report.wall_s:.1f} s (generate {report.timings['generate_s']:.0f} s, "
+        f"train {report.timings['train_s']:.0f} s); real bank defects near-empty: "
+        f"{report.paint['real_bank_near_empty_share']:.0%}"
+    )
+    if json_path is not None:
+        atomic_write_json(json_path, report.to_dict())
+        err_console.print(f"[green]wrote[/] {json_path}")
+    if markdown is not None:
+        atomic_write_bytes(markdown, downstream_markdown(report).encode())
         err_console.print(f"[green]wrote[/] {markdown}")
 
 
