@@ -50,6 +50,7 @@ def test_test_set_has_real_defects_of_bank_and_other_categories():
     assert test["labels"].sum() == 20 and set(test["split"]) == {"bank", "other", "normal"}
     assert all(test["masks"][i].any() for i in range(20))
     assert not test["masks"][20:].any()
+    assert set(test["surface"][:20]) - set(D.BANK_SURFACES)  # defects on surfaces the bank lacks
 
 
 @pytest.mark.parametrize("method", ["draem", "cutpaste", "procedural"])
@@ -98,7 +99,8 @@ def test_quick_run_end_to_end(default_pipeline):
     report = D.run_downstream(default_pipeline, D.DownstreamConfig.quick(seeds=2))
     assert set(report.methods) == set(D.METHODS)
     for metrics in report.methods.values():
-        for key in ("pixel_ap", "image_auroc", "pixel_ap_bank_categories", "pixel_ap_other_categories"):
+        for key in ("pixel_ap", "image_auroc", "pixel_ap_bank_categories", "pixel_ap_other_categories",
+                    "pixel_ap_other_surfaces"):  # fmt: skip
             summary = metrics[key]
             assert len(summary["per_seed"]) == 2
             assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in summary["per_seed"])

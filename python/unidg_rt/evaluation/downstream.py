@@ -152,26 +152,29 @@ def build_bank(cfg: DownstreamConfig) -> list:
 
 def build_test_set(cfg: DownstreamConfig) -> dict[str, np.ndarray]:
     """Held-out test images: ``test_images`` real defects (category ``i % 10`` of bank + other,
-    surface ``(i // 10) % 8``) then as many normals. Returns images, masks, image labels and
-    the split per image (``bank`` / ``other`` / ``normal``)."""
+    surface ``(i + i // 10) % 8``) then as many normals. Returns images, masks, image labels and
+    the split per image (``bank`` / ``other`` / ``normal``) and its surface kind."""
     from unidg_rt.data import SURFACE_KINDS, generate_quadruplet, make_surface
 
     cats = BANK_CATEGORIES + OTHER_CATEGORIES
-    images, masks, split = [], [], []
+    images, masks, split, surfaces = [], [], [], []
     for i in range(cfg.test_images):
-        cat, surface = cats[i % len(cats)], SURFACE_KINDS[(i // len(cats)) % len(SURFACE_KINDS)]
+        # 10 a + b -> category b on surface (3 a + b) % 8: 80 images hold every pair once
+        cat, surface = cats[i % len(cats)], SURFACE_KINDS[(i + i // len(cats)) % len(SURFACE_KINDS)]
         q = generate_quadruplet(TEST_DEFECT_SEED_BASE + i, cat, surface, cfg.size)
         images.append(q.abnormal)
         masks.append(q.mask)
         split.append("bank" if cat in BANK_CATEGORIES else "other")
+        surfaces.append(surface)
     for i in range(cfg.test_images):
         kind = SURFACE_KINDS[i % len(SURFACE_KINDS)]
         images.append(make_surface(kind, cfg.size, np.random.default_rng(TEST_NORMAL_SEED_BASE + i)))
         masks.append(np.zeros((cfg.size, cfg.size), bool))
         split.append("normal")
+        surfaces.append(kind)
     split_arr = np.array(split)
     return {"images": np.stack(images), "masks": np.stack(masks), "labels": split_arr != "normal",
-            "split": split_arr}  # fmt: skip
+            "split": split_arr, "surface": np.array(surfaces)}  # fmt: skip
 
 
 def training_normals(seed: int, cfg: DownstreamConfig) -> tuple[np.ndarray, list[str]]:
@@ -232,8 +235,9 @@ def synthesize(
 
 # ---------------------------------------------------------------------------- scoring
 def score_maps(maps: np.ndarray, test: dict[str, np.ndarray], topk: int) -> dict[str, float]:
-    """Pixel AP / AUROC over all test pixels, image AUROC, and pixel AP per category split
-    (that split's defect images + all normal images)."""
+    """Pixel AP / AUROC over all test pixels, image AUROC, and pixel AP per category split and
+    per surface split (bank references' surfaces or not): that split's defect images + all
+    normal images."""
     masks, split = test["masks"], test["split"]
     img_scores = image_scores(maps, topk)
     out = {
@@ -246,6 +250,11 @@ def score_maps(maps: np.ndarray, test: dict[str, np.ndarray], topk: int) -> dict
         if (split == name).any():
             out[f"pixel_ap_{name}_categories"] = average_precision(maps[keep], masks[keep])
             out[f"image_auroc_{name}_categories"] = roc_auc(img_scores[keep], test["labels"][keep])
+    bank_surface = np.isin(test["surface"], BANK_SURFACES)
+    for name, on in (("bank", bank_surface), ("other", ~bank_surface)):  # surfaces of the bank references
+        keep = on & (split != "normal") | (split == "normal")
+        if (on & (split != "normal")).any():
+            out[f"pixel_ap_{name}_surfaces"] = average_precision(maps[keep], masks[keep])
     return out
 
 
