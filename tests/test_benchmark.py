@@ -32,8 +32,13 @@ def test_bench_fast_path_switch_cpu():
 
     base = dict(preset="tiny", height=16, width=16, steps=1, text_len=4, runs=1, warmup=0, device="cpu",
                 dtype="float32", variants=("ours-fast",), e2e=False)  # fmt: skip
-    res = run_bench(BenchConfig(**base, fast_path="off"))["results"]
-    assert "--fast-path off" in res["ours-fast"]["skipped"]
+    partials = []
+    out = run_bench(
+        BenchConfig(**{**base, "variants": ("ours-eager", "ours-fast")}, fast_path="off"), partials.append
+    )
+    assert "--fast-path off" in out["results"]["ours-fast"]["skipped"] and out["complete"]
+    assert [sorted(p["results"]) for p in partials] == [["ours-eager"], ["ours-eager", "ours-fast"]]
+    assert not any(p["complete"] for p in partials)  # a run cut short still leaves its numbers
     with pytest.raises(FastPathError, match="needs a CUDA device"):
         run_bench(BenchConfig(**base, fast_path="on"))
 

@@ -215,7 +215,11 @@ def _diffusers(variant: str, state: dict, tcfg, device, dtype):
     return call
 
 
-def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+def run_bench(
+    cfg: BenchConfig, on_progress: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run every variant of ``cfg``; ``on_progress(partial)`` gets the result so far (``"complete":
+    False``) after each variant, so a run killed by a time limit still leaves its numbers."""
     from unidg_rt.errors import ConfigError
     from unidg_rt.models.vae import AutoencoderKLFlux
     from unidg_rt.runtime.optimize import check_device, normalize_fast_path
@@ -249,6 +253,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 model = _ours(variant, state, tcfg, device, dtype, vae=vae, fast_path=cfg.fast_path)
         except Exception as exc:  # noqa: BLE001 — report why a variant is unavailable
             results[variant] = {"skipped": f"{type(exc).__name__}: {exc}"}
+            if on_progress is not None:
+                on_progress(_assemble(cfg, results, complete=False))
             continue
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -270,8 +276,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        if on_progress is not None:
+            on_progress(_assemble(cfg, results, complete=False))
     results.update(_vae_stages(cfg, vcfg, vae, device, dtype, timer))
     results["attention"] = _attention(cfg, tcfg, device, dtype, timer)
+    return _assemble(cfg, results, complete=True)
+
+
+def _assemble(cfg: BenchConfig, results: dict[str, Any], complete: bool) -> dict[str, Any]:
     base = results.get("diffusers-eager", {}).get("dit_step", {}).get("median_ms")
     ratios = {}
     if base:
@@ -279,7 +291,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             if isinstance(v, dict) and "dit_step" in v:
                 ratios[k] = round(v["dit_step"]["median_ms"] / base, 4)
     return {"config": {**cfg.__dict__, "variants": list(cfg.variants)}, "environment": environment(),
-            "results": results, "ratios_vs_diffusers_eager": ratios}  # fmt: skip
+            "results": dict(results), "ratios_vs_diffusers_eager": ratios, "complete": complete}  # fmt: skip
 
 
 def _pipeline_e2e(cfg: BenchConfig, backend, tcfg, vcfg, timer) -> dict[str, float]:

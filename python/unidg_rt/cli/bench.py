@@ -30,7 +30,9 @@ def bench(
     variants: Optional[str] = typer.Option(
         None, help="comma list (default: all), e.g. ours-fast,ours-fast-fp8,diffusers-eager,diffusers-mask"
     ),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result as JSON here"),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="write the result as JSON here (rewritten after each variant: complete=false)"
+    ),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (1 avoids stalls on a busy machine)"),
     fast_path: str = typer.Option(
         "auto", "--fast-path", help="ours-fast* variants: auto (product fast path on CUDA) / on / off"
@@ -54,7 +56,8 @@ def bench(
         cfg.dtype = dtype
     if variants:
         cfg.variants = tuple(v.strip() for v in variants.split(","))
-    result = run_bench(cfg)
+    progress = (lambda partial: atomic_write_json(json_out, partial)) if json_out else None
+    result = run_bench(cfg, on_progress=progress)
     table = Table(title=f"unidg-rt bench — {preset} {side}x{2 * side}, {cfg.device} {cfg.dtype}")
     for col in ("variant", "median ms", "p90 ms", "vs diffusers", f"e2e {steps} steps ms", "peak GB"):
         table.add_column(col)
