@@ -94,7 +94,11 @@ class _Recorder:
 
     def infer(self, feed):
         if self.steps is None or self.step in self.steps:
-            self.samples.append({k: self.backend.to_numpy(v) for k, v in feed.items() if v is not None})
+            sample = {k: self.backend.to_numpy(v) for k, v in feed.items() if v is not None}
+            adapters = getattr(self.runner, "adapters", None)  # graph-carried LoRA: this step's strengths
+            if adapters and "adapter_scales" not in sample:
+                sample["adapter_scales"] = adapters.array()
+            self.samples.append(sample)
         return self.runner.infer(feed)
 
 

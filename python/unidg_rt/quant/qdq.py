@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from unidg_rt.artifacts.adapters import AdapterScales, artifact_adapters
 from unidg_rt.errors import BackendUnavailableError, ConfigError, InvalidInputError, UniDGError
 from unidg_rt.quant.graph import (  # noqa: F401 - re-exported: the quantisation API lives here
     COMPUTE_OPS,
@@ -119,6 +120,10 @@ def calibration_feeds(
     model = load_model(onnx_path)
     shim = _GraphInputs(model)
     runner = (OrtTransformerRunner if component == "transformer" else OrtRunner)(shim, component)
+    if component == "transformer":  # data captured without strengths (torch backend): 1.0 each
+        sidecar = Path(onnx_path).with_suffix(".json")
+        names = artifact_adapters(json.loads(sidecar.read_text())) if sidecar.is_file() else []
+        runner.adapters = AdapterScales(names)
     counts = {k: v.shape[0] for k, v in data.items()}
     if not counts or len(set(counts.values())) != 1:
         raise InvalidInputError(
