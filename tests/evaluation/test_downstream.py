@@ -110,4 +110,5 @@ def test_quick_run_end_to_end(default_pipeline):
     md = D.downstream_markdown(report)
     assert md.startswith("| training defects | pixel AP | image AUROC |")
     assert all(label in md for label in D.METHOD_LABELS.values())
-    assert "same procedural family" in md
+    assert "same procedural family" in md and "Chance pixel AP" in md
+    assert 0 < report.settings["test"]["chance_pixel_ap"]["all"] < 1

@@ -229,7 +229,8 @@ def downstream_cmd(
     console.print(table)
     console.print(
         f"model: {label}; wall {report.wall_s:.1f} s (generate {report.timings['generate_s']:.0f} s, "
-        f"train {report.timings['train_s']:.0f} s); real bank defects near-empty: "
+        f"train {report.timings['train_s']:.0f} s, CPU {report.timings['cpu_s']:.0f} s); chance pixel AP "
+        f"{s['test']['chance_pixel_ap']['all']:.4f}; real bank defects near-empty: "
         f"{report.paint['real_bank_near_empty_share']:.0%}"
     )
     if json_path is not None:

@@ -322,6 +322,11 @@ def run_downstream(
     finally:
         torch.set_num_threads(old_threads)
     real = [paint_delta(q.abnormal, q.normal, q.mask) for q in bank]
+    # a random pixel ranking scores AP = the share of defect pixels (per split: its images + normals)
+    chance = {"all": float(test["masks"].mean())} | {
+        name: float(test["masks"][(test["split"] == name) | (test["split"] == "normal")].mean())
+        for name in ("bank", "other")
+    }
     paint = {
         "near_empty_delta": NEAR_EMPTY_DELTA,
         "near_empty_share": {m: float(np.mean(np.asarray(d) < NEAR_EMPTY_DELTA)) for m, d in deltas.items()},
@@ -337,7 +342,8 @@ def run_downstream(
         "other_categories": list(OTHER_CATEGORIES),
         "test": {"defect_images": cfg.test_images, "normal_images": cfg.test_images,
                  "defect_seeds": [TEST_DEFECT_SEED_BASE, TEST_DEFECT_SEED_BASE + cfg.test_images - 1],
-                 "normal_seeds": [TEST_NORMAL_SEED_BASE, TEST_NORMAL_SEED_BASE + cfg.test_images - 1]},
+                 "normal_seeds": [TEST_NORMAL_SEED_BASE, TEST_NORMAL_SEED_BASE + cfg.test_images - 1],
+                 "chance_pixel_ap": chance},
         "label": "mask (the inpainting / inserted region), also where the model painted little",
         "image_score": f"mean of the top-{cfg.topk} pixel scores",
     }  # fmt: skip
@@ -382,6 +388,8 @@ def downstream_markdown(report: DownstreamReport) -> str:
         f"{s['seeds']} seeds (mean ± std), {s['train_images']} anomalous + {s['train_images']} normal training "
         f"images per method, {s['test_images']} + {s['test_images']} test images at {s['size']} px, "
         f"{s['segmenter']['steps']} segmenter steps; model: {s['model']}; wall {report.wall_s:.0f} s. "
+        f"Chance pixel AP {s['test']['chance_pixel_ap']['all']:.4f} (bank categories "
+        f"{s['test']['chance_pixel_ap']['bank']:.4f}, other {s['test']['chance_pixel_ap']['other']:.4f}). "
         f"Test defects come from the same procedural family the model was trained on."
     )
     return "\n".join(lines) + "\n"
