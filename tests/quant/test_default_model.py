@@ -75,3 +75,18 @@ def test_default_model_within_thresholds(default_report, precision, request):
     failed = [k for k, ok in m["passes"].items() if not ok and k != "agreement"]
     assert not failed, (failed, m)
     assert m["agreement"] >= 0.75 and m["background_max_error"] == 0
+
+
+def test_adapter_branches_stay_high_precision(default_onnx_dir, default_report):
+    """The shipped APO adapter is a LoRA branch in the graph: both its MatMuls per target stay in
+    high precision (keep pattern ``adapter_branches``), and the quantised artifact still carries
+    the adapter (manifest entry + ``adapter_scales`` input), so the card's segments run on it."""
+    from unidg_rt.quant.graph import plan_quantization
+
+    plan = plan_quantization(default_onnx_dir / "transformer.fold.fp32.onnx")
+    kept = plan.summary()["kept_by_reason"].get("keep pattern 'adapter_branches'", 0)
+    branch_nodes = [m for m in plan.modules.values() if m and m.startswith("adapter_branches.apo.")]
+    assert kept == len(branch_nodes) > 0 and len(branch_nodes) % 2 == 0  # lora_A + lora_B per target
+    results, _, _ = default_report
+    for res in results.values():
+        assert res["sidecar"]["spec"]["attrs"]["adapters"] == ["apo"]

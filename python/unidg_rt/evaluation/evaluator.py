@@ -48,7 +48,7 @@ DIRECTIONS = {
 class Variant:
     """One column of the comparison. ``pipeline`` None = the pipeline given to :func:`evaluate`;
     ``call_kwargs`` are added to every call (``segments``, ``guidance_scale``, ``height``…);
-    ``adapter_scales`` (torch backend) are set before every call, None = leave adapters alone."""
+    ``adapter_scales`` (any backend with adapters) are set before every call, None = leave them alone."""
 
     name: str
     pipeline: Any = None
@@ -58,8 +58,11 @@ class Variant:
 
 
 def adapter_strengths(pipeline) -> dict[str, float] | None:
-    """Current strength of every loaded LoRA adapter; None when the backend has no adapters."""
+    """Current strength of every LoRA adapter (loaded on torch, carried in an ONNX graph / plan);
+    None when the backend has no adapters."""
     backend = getattr(pipeline, "backend", None)
+    if backend is not None and getattr(backend, "adapter_scales", None):  # ORT / TensorRT graphs
+        return backend.adapter_scales.get()
     if backend is None or not hasattr(backend, "adapters"):
         return None
     return {name: float(ad.strength) for name, ad in backend.adapters.adapters.items()}
@@ -170,13 +173,13 @@ def _summarise(rows: list[dict], cases: Sequence[EvalCase], clf, ref_embed, thre
 
 
 def apply_adapter_scales(pipe, scales: dict[str, float] | None) -> None:
-    """Set LoRA strengths on ``pipe`` (torch backend); ``None`` (or ``{}`` without adapters) = no-op."""
+    """Set LoRA strengths on ``pipe`` (any backend with adapters); ``None`` (or ``{}`` without adapters) = no-op."""
     if scales is None or (not scales and adapter_strengths(pipe) is None):
         return
     if adapter_strengths(pipe) is None:
         raise InvalidInputError(
             f"variant sets adapter strengths {scales} but this pipeline's backend has no LoRA adapters; "
-            "pass adapter_scales=None for ONNX / engine pipelines"
+            "export the model with its adapters (`unidg-rt export` carries the card's) or pass adapter_scales=None"
         )
     pipe.backend.set_adapter_scales(scales)
 

@@ -50,6 +50,15 @@ class TransformerExport(nn.Module):
                     f"adapters {fused} are fused; unfuse_lora() before exporting them as branches"
                 )
             self.adapter_names = tuple(adapters.adapters)
+            # registered here too (the hooks call them): the graph names their weights and nodes
+            # ``adapter_branches.<name>.<module>.lora_A`` — quantisation keeps them by that name
+            self.adapter_branches = nn.ModuleDict({n: adapters.adapters[n].pairs for n in self.adapter_names})
+            gates = {
+                n: adapters.adapters[n].gate
+                for n in self.adapter_names
+                if adapters.adapters[n].gate is not None
+            }
+            self.adapter_gates = nn.ModuleDict(gates)
 
     def forward(
         self,

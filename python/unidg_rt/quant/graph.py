@@ -31,8 +31,11 @@ logger = logging.getLogger(__name__)
 
 COMPUTE_OPS = ("MatMul", "Gemm", "Conv")
 #: first/last layers and adaLN modulation (same set as the torch FP8 path's ``DEFAULT_SKIP``)
+#: ``adapter_branches``: LoRA branches carried in the graph (rank-r, per-step strengths) stay high
+#: precision — a few % of the FLOPs, and their scale changes with ``adapter_scales`` at run time
 DEFAULT_KEEP = {
-    "transformer": ("x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out", "*norm*.linear"),
+    "transformer": ("x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out", "*norm*.linear",
+                    "adapter_branches"),
     "vae_encoder": ("*conv_in", "*conv_out"),
     "vae_decoder": ("*conv_in", "*conv_out"),
 }  # fmt: skip
