@@ -38,6 +38,22 @@ class Backend(Protocol):
     def to_numpy(self, x: Any) -> np.ndarray: ...
 
 
+class GraphAdapters:
+    """``set_adapter_scales`` / ``adapter_names`` of a backend whose transformer graph or plan
+    carries LoRA adapters as branches: ``self.adapter_scales`` is the
+    :class:`~unidg_rt.artifacts.adapters.AdapterScales` its runner feeds as ``adapter_scales``."""
+
+    adapter_scales: Any
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        return self.adapter_scales.names
+
+    def set_adapter_scales(self, scales: dict[str, float]) -> None:
+        """Strength per carried adapter (segments, ``set_adapters``); unknown names raise."""
+        self.adapter_scales.set(scales)
+
+
 # -------------------------------------------------------------- array helpers (numpy or torch)
 def is_torch(x: Any) -> bool:
     return hasattr(x, "detach") and hasattr(x, "permute")

@@ -22,6 +22,7 @@ from unidg_rt.artifacts.adapters import AdapterScales, graph_adapters
 from unidg_rt.artifacts.onnx_folder import MANIFEST_FORMAT, MANIFEST_NAME
 from unidg_rt.engines.manifest import PRECISIONS  # most precise first
 from unidg_rt.errors import BackendUnavailableError, ConfigError, InvalidInputError, WeightsError
+from unidg_rt.runtime.backend import GraphAdapters
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ def reference_encoder_for(runner, image_size: int | None, defaults: dict[str, An
     return None
 
 
-class OrtBackend:
+class OrtBackend(GraphAdapters):
     """Sessions for ``transformer``, ``vae_encoder``, ``vae_decoder`` of an exported folder, and
     ``reference_encoder`` (``None`` when not exported)."""
 
@@ -321,14 +322,6 @@ class OrtBackend:
             "onnx_dir": str(self.onnx_dir),
             "adapters": list(self.adapter_scales.names),
         }
-
-    @property
-    def adapter_names(self) -> tuple[str, ...]:
-        return self.adapter_scales.names
-
-    def set_adapter_scales(self, scales: dict[str, float]) -> None:
-        """Strength per adapter the graph carries (fed as ``adapter_scales``); unknown names raise."""
-        self.adapter_scales.set(scales)
 
     def asarray(self, x: np.ndarray, dtype: str | None = None) -> np.ndarray:
         x = np.asarray(x)

@@ -35,6 +35,7 @@ from unidg_rt.artifacts.adapters import INPUT_NAME as ADAPTER_INPUT
 from unidg_rt.artifacts.adapters import AdapterScales, graph_adapters
 from unidg_rt.engines import manifest as mf
 from unidg_rt.errors import BackendUnavailableError, EngineMismatchError, InvalidInputError
+from unidg_rt.runtime.backend import GraphAdapters
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ class TRTRunner:
         return outs
 
 
-class TRTBackend:
+class TRTBackend(GraphAdapters):
     """Transformer + VAE engines on one GPU (Backend protocol of :mod:`unidg_rt.runtime.backend`),
     plus ``reference_encoder`` (a runner, ``None`` without a plan)."""
 
@@ -285,14 +286,6 @@ class TRTBackend:
             "cuda_graph": cuda_graph,
             "adapters": list(self.adapter_scales.names),
         }
-
-    @property
-    def adapter_names(self) -> tuple[str, ...]:
-        return self.adapter_scales.names
-
-    def set_adapter_scales(self, scales: dict[str, float]) -> None:
-        """Strength per adapter the plan carries (fed as ``adapter_scales``); unknown names raise."""
-        self.adapter_scales.set(scales)
 
     def asarray(self, x: np.ndarray, dtype: str | None = None):
         t = self.torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
