@@ -76,14 +76,6 @@ EXEMPT: tuple[tuple[str, str, str], ...] = (
 #: match an arrow the checker reports, or the test fails (delete paid debts).
 ALLOWED: tuple[tuple[str, str, str], ...] = (
     # being fixed in this change (issue 16)
-    ("unidg_rt.export.forms", "unidg_rt.runtime.ort_backend", "issue 16"),
-    ("unidg_rt.export.pipeline", "unidg_rt.runtime.assets", "issue 16"),
-    ("unidg_rt.export.pipeline", "unidg_rt.export.onnx._atomic_write_json", "issue 16"),
-    ("unidg_rt.quant.artifacts", "unidg_rt.jobs.io", "issue 16"),
-    ("unidg_rt.quant.artifacts", "unidg_rt.runtime.ort_backend", "issue 16"),
-    ("unidg_rt.quant.qdq", "unidg_rt.runtime.ort_backend", "issue 16"),
-    ("unidg_rt.quant.report", "unidg_rt.evaluation.evaluator._jsonable", "issue 16"),
-    ("unidg_rt.runtime.trt_backend", "unidg_rt.runtime.pipeline", "issue 16"),
     ("unidg_rt.models.lora_formats", "unidg_rt.models.convert._DOUBLE", "issue 16"),
     # packages others are rewriting now (issue 16): private names across data/ modules
     ("unidg_rt.data._defects_blobs", "unidg_rt.data._defects_marks._lum", "issue 16: data/ private reach"),

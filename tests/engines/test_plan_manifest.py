@@ -214,6 +214,7 @@ def test_reference_encoder_runner_and_refusal_without_a_gpu():
 
 def test_trt_backend_imports_without_tensorrt_and_needs_cuda(tmp_path):
     import unidg_rt.runtime.trt_backend as tb
+    from unidg_rt.runtime.pipeline import UniDGPipeline
 
     try:
         import torch
@@ -224,7 +225,7 @@ def test_trt_backend_imports_without_tensorrt_and_needs_cuda(tmp_path):
     if has_cuda:
         pytest.skip("this machine has CUDA: the no-GPU refusal is not observable here")
     with pytest.raises(BackendUnavailableError, match="CUDA GPU"):
-        tb.pipeline_from_engines(tmp_path)
+        tb.pipeline_from_engines(UniDGPipeline, tmp_path)
 
 
 def test_trt_runner_feed_adaptation_matches_ort():

@@ -139,7 +139,7 @@ def test_runner_encode_matches_torch_reference_encoder(ref_export, ref_checkpoin
 def test_manifest_sidecar_and_skipping_follow_the_encoder_file(ref_export, ref_checkpoint, tmp_path):
     import hashlib
 
-    from unidg_rt.export.onnx import file_sha256
+    from unidg_rt.artifacts.io import sha256_file
     from unidg_rt.export.pipeline import export_pipeline
     from unidg_rt.models.refenc import save_reference_encoder
 
@@ -148,7 +148,7 @@ def test_manifest_sidecar_and_skipping_follow_the_encoder_file(ref_export, ref_c
     assert manifest["profiles"]["reference_encoder"]["default"]["batch"] == [1, 1, 4]
     assert manifest["defaults"]["reference_encoder"] == {"file": REF_FILE}
     side = json.loads((out / "reference_encoder.default.fp32.json").read_text())
-    ckpt, enc = file_sha256(ref_checkpoint), file_sha256(ref_checkpoint.parent / REF_FILE)
+    ckpt, enc = sha256_file(ref_checkpoint), sha256_file(ref_checkpoint.parent / REF_FILE)
     assert side["source_sha256"] == hashlib.sha256(f"{ckpt}:{enc}".encode()).hexdigest()
     assert side["spec"]["attrs"]["image_size"] == 48
     # a copy of the folder: unchanged inputs skip the stage, a retrained encoder re-exports it

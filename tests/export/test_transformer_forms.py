@@ -133,11 +133,11 @@ def test_structure_check_rejects_the_wrong_form(form_exports):
 
 
 def test_sidecar_records_sources_and_versions(onnx_dir, tiny_checkpoint):
-    from unidg_rt.export.onnx import file_sha256
+    from unidg_rt.artifacts.io import sha256_file
 
     side = json.loads((onnx_dir / "transformer.fold.fp32.json").read_text())
-    assert side["source_sha256"] == file_sha256(tiny_checkpoint)
-    assert side["onnx_sha256"] == file_sha256(onnx_dir / "transformer.fold.fp32.onnx")
+    assert side["source_sha256"] == sha256_file(tiny_checkpoint)
+    assert side["onnx_sha256"] == sha256_file(onnx_dir / "transformer.fold.fp32.onnx")
     assert side["exporter"] == "dynamo" and side["fallback_reason"] is None
     assert {"torch", "onnx", "onnxscript", "unidg_rt"} <= set(side["versions"])
     assert side["spec"]["component"] == "transformer" and side["opset"] == 18

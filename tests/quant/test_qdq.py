@@ -13,11 +13,11 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 
+from unidg_rt.artifacts.io import sha256_file  # noqa: E402
+from unidg_rt.artifacts.onnx_folder import read_manifest  # noqa: E402
 from unidg_rt.errors import InvalidInputError  # noqa: E402
-from unidg_rt.jobs.io import sha256_file  # noqa: E402
 from unidg_rt.quant.artifacts import quantize_folder  # noqa: E402
 from unidg_rt.quant.qdq import plan_quantization, quantize_onnx, validate_qdq  # noqa: E402
-from unidg_rt.runtime.ort_backend import read_manifest  # noqa: E402
 
 LAYERS = 4  # tiny: 2 double + 2 single blocks
 

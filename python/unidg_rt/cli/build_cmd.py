@@ -27,7 +27,7 @@ console = Console(stderr=True)
 def find_onnx(onnx_dir: Path, precision: str, components: list[str]) -> list[Path]:
     """ONNX files of ``onnx_dir`` (or the file itself) in ``precision``, filtered by component."""
     from unidg_rt.engines.inputs import component_from_path
-    from unidg_rt.engines.manifest import PRECISIONS
+    from unidg_rt.vocab import PRECISIONS
 
     if not onnx_dir.exists():
         raise InvalidInputError(f"{onnx_dir} does not exist: export first with `unidg-rt export`")

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-from unidg_rt.jobs.io import atomic_write_bytes  # temp + fsync + rename (+ folder fsync)
+from unidg_rt.artifacts.io import atomic_write_bytes, atomic_write_json  # temp + fsync + rename
 
 __all__ = ["atomic_save_png", "atomic_write_bytes", "atomic_write_json", "pipeline_from_settings"]
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 def atomic_save_png(path: Path, image) -> None:

@@ -62,7 +62,7 @@ def generate(
     config: Optional[Path] = typer.Option(None, help="settings TOML"),
 ) -> None:
     """Insert a defect (reference mode with --reference, text mode with --category)."""
-    from unidg_rt.runtime.assets import samples_dir
+    from unidg_rt.artifacts.assets import samples_dir
     from unidg_rt.settings import load_settings
 
     settings = load_settings(

@@ -63,7 +63,7 @@ def train(
         report = run_stage(stage, rec, out)
     elapsed = time.perf_counter() - t0
     if ship or preview:
-        from unidg_rt.runtime.assets import samples_dir
+        from unidg_rt.artifacts.assets import samples_dir
         from unidg_rt.train.ship import preview_grid, sample_pair, ship_assets, write_samples
 
         if ship:

@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from unidg_rt.artifacts.io import atomic_write_bytes
 from unidg_rt.engines import layers as layer_info
 from unidg_rt.engines import manifest as mf
 from unidg_rt.engines.inputs import (
@@ -270,7 +271,7 @@ def attach_timing_cache(config, path: Path | None):
 
 
 def _save_timing_cache(cache, path: Path) -> None:
-    mf.atomic_write_bytes(path, bytes(cache.serialize()))
+    atomic_write_bytes(path, bytes(cache.serialize()))
 
 
 def _io_records(network) -> dict[str, list[dict[str, Any]]]:
@@ -471,6 +472,6 @@ def build_engine(
         "layer_report": report,
         "metadata": metadata or {},
     }
-    mf.atomic_write_bytes(plan_path, plan)
+    atomic_write_bytes(plan_path, plan)
     manifest_path = mf.write_manifest(plan_path, manifest)
     return PlanInfo(plan_path, manifest_path, manifest, round(time.perf_counter() - t0, 2))

@@ -28,10 +28,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from unidg_rt.artifacts.io import atomic_write_json, sha256_file, update_sha256
 from unidg_rt.errors import ConfigError, EngineMismatchError
+from unidg_rt.vocab import PRECISIONS  # most precise first
 
 MANIFEST_FORMAT = "unidg_rt.plan/1"
-PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8")
 BUILDERS = {"tensorrt": "trt", "tensorrt-rtx": "trtrtx"}  # builder → file-name tag
 HASH_CHARS = 12
 #: TensorRT-RTX's portable default (no explicit target): docs "8.0, 8.6, 8.9, 12.0 and later";
@@ -134,15 +135,6 @@ def sidecar_path(plan_path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ hashing
-def sha256_file(path: str | Path, h=None, chunk: int = 1 << 22):
-    own = h is None
-    h = h or hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest() if own else h
-
-
 def onnx_external_files(onnx_path: str | Path) -> list[Path]:
     """External-data files an ONNX references (so weight changes change its hash)."""
     onnx_path = Path(onnx_path)
@@ -163,37 +155,17 @@ def onnx_external_files(onnx_path: str | Path) -> list[Path]:
 def onnx_sha256(onnx_path: str | Path) -> str:
     """sha256 over the ``.onnx`` bytes followed by every external-data file it references."""
     h = hashlib.sha256()
-    sha256_file(onnx_path, h)
+    update_sha256(h, onnx_path)
     for extra in onnx_external_files(onnx_path):
         h.update(b"\0" + extra.name.encode() + b"\0")
-        sha256_file(extra, h)
+        update_sha256(h, extra)
     return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------ sidecar I/O
-def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
-    """Temp file in the same folder + rename, so a reader never sees half a plan or sidecar."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)  # mkstemp makes 0600; plans are shared with the service user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_manifest(plan_path: str | Path, manifest: dict[str, Any]) -> Path:
     """Write the sidecar beside the plan."""
-    data = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
-    return atomic_write_bytes(sidecar_path(plan_path), data)
+    return atomic_write_json(sidecar_path(plan_path), manifest)
 
 
 def read_manifest(plan_path: str | Path) -> dict[str, Any] | None:

@@ -29,11 +29,12 @@ import torch
 
 from unidg_rt.models import layers
 from unidg_rt.models.attention import folded_attention, group_bias_mask, reference_attention
-from unidg_rt.runtime.ort_backend import ORT_FORMS as ORT_RUNNABLE_FORMS  # noqa: F401 - re-exported
+from unidg_rt.vocab import GRAPH_FORMS
+from unidg_rt.vocab import ORT_FORMS as ORT_RUNNABLE_FORMS  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMS = ("decomposed", "fold", "attention_op", "plugin")
+EXPORT_FORMS = GRAPH_FORMS  # the one list: unidg_rt.vocab
 #: opset per form: 18 keeps TensorRT 10.3 (JetPack 6) and older ORT able to parse the graph;
 #: the ONNX ``Attention`` op only exists from opset 23.
 DEFAULT_OPSET = {"decomposed": 18, "fold": 18, "attention_op": 23, "plugin": 18}

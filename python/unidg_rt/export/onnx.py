@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from unidg_rt.artifacts.io import atomic_write_json, sha256_file
 from unidg_rt.errors import ConfigError
 from unidg_rt.export import ExportError, forms
 from unidg_rt.export.forms import DEFAULT_OPSET, EXPORT_FORMS, plugin_translation_table
@@ -61,14 +62,6 @@ class ExportResult:
 
 
 # ---------------------------------------------------------------------- hashing / versions
-def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def state_dict_sha256(model: torch.nn.Module) -> str | None:
     """sha256 over names, dtypes, shapes and bytes of the weights; ``None`` on ``meta``."""
     h = hashlib.sha256()
@@ -329,7 +322,7 @@ def export_component(
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     sidecar = out_dir / f"{stem}.json"
-    _atomic_write_json(sidecar, info)
+    atomic_write_json(sidecar, info)
     logger.info("exported %s (%.1f MB) in %.1f s via %s", info["onnx_file"], info["total_bytes"] / 1e6,
                 info["export_seconds"], exporter)  # fmt: skip
     return ExportResult(component, out_dir / info["onnx_file"], sidecar, False, info)
@@ -381,7 +374,7 @@ def _finish(model_ir, spec, form, precision, opset, stem, out_dir, tmp_dir, dry_
         "dry_run": dry_run,
         "onnx_file": onnx_name,
         "onnx_bytes": onnx_bytes,
-        "onnx_sha256": file_sha256(out_dir / onnx_name),
+        "onnx_sha256": sha256_file(out_dir / onnx_name),
         "external_data": data_name if use_external else None,
         "external_data_bytes": data_bytes,
         "total_bytes": onnx_bytes + data_bytes,
@@ -390,9 +383,3 @@ def _finish(model_ir, spec, form, precision, opset, stem, out_dir, tmp_dir, dry_
         "attention": summary,
         "spec": spec.to_dict(),
     }
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)

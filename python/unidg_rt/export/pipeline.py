@@ -40,16 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from unidg_rt.artifacts.adapters import card_adapter_strengths
+from unidg_rt.artifacts.io import atomic_write_json, sha256_file
 from unidg_rt.artifacts.onnx_folder import MANIFEST_FORMAT, MANIFEST_NAME, manifest_entry
 from unidg_rt.errors import ConfigError, WeightsError
 from unidg_rt.export.forms import EXPORT_FORMS, ORT_RUNNABLE_FORMS
 from unidg_rt.export.onnx import (
     PRECISIONS,
     ExportResult,
-    _atomic_write_json,
     artifact_stem,
     export_component,
-    file_sha256,
     resolve_form_and_opset,
     stage_key,
     up_to_date,
@@ -89,10 +88,10 @@ def _read_configs(path: Path) -> tuple[FluxConfig, dict[str, Any] | None, dict[s
 
 def _source_sha256(path: Path) -> str:
     if path.is_file():
-        return file_sha256(path)
+        return sha256_file(path)
     h = hashlib.sha256()
     for f in sorted(path.rglob("*.safetensors")):
-        h.update(f"{f.relative_to(path)}:{file_sha256(f)};".encode())
+        h.update(f"{f.relative_to(path)}:{sha256_file(f)};".encode())
     return h.hexdigest()
 
 
@@ -138,7 +137,7 @@ def adapter_sources(path: Path, defaults: dict[str, Any], loras=()) -> dict[str,
             raise WeightsError(
                 f"{path} names adapter {name!r} but {file} does not exist: copy it beside the checkpoint"
             )
-        out[name] = {"file": str(file), "sha256": file_sha256(file), "strength": strength, "source": source}
+        out[name] = {"file": str(file), "sha256": sha256_file(file), "strength": strength, "source": source}
     return out
 
 
@@ -172,7 +171,7 @@ def export_pipeline(
     embedded default model) into ``out_dir`` and write the manifest. ``loras``: extra LoRA files
     to carry, ``(file, name, strength)`` each (name and strength optional). Returns the manifest;
     ``manifest["results"]`` lists what was exported or skipped."""
-    from unidg_rt.runtime.assets import default_model_path
+    from unidg_rt.artifacts.assets import default_model_path
 
     path = Path(checkpoint_path) if checkpoint_path is not None else default_model_path()
     if not path.exists():
@@ -211,7 +210,7 @@ def export_pipeline(
         tags = ";".join(f"{n}:{a['sha256']}" for n, a in adapters.items())
         sources["transformer"] = hashlib.sha256(f"{source};{tags}".encode()).hexdigest()
     if ref is not None:  # keyed on the checkpoint and the encoder file
-        sources["reference_encoder"] = hashlib.sha256(f"{source}:{file_sha256(ref[0])}".encode()).hexdigest()
+        sources["reference_encoder"] = hashlib.sha256(f"{source}:{sha256_file(ref[0])}".encode()).hexdigest()
     jobs = [("transformer", f, precision) for f in forms if "transformer" in components]
     jobs += [(c, None, vae_precision) for c in components if c != "transformer"]
 
@@ -273,7 +272,7 @@ def _copy_embeddings(path: Path, out_dir: Path) -> str | None:
     dst = out_dir / "embeddings.safetensors"
     if src.is_file():
         out_dir.mkdir(parents=True, exist_ok=True)
-        if not dst.is_file() or file_sha256(dst) != file_sha256(src):
+        if not dst.is_file() or sha256_file(dst) != sha256_file(src):
             shutil.copyfile(src, dst)
     return dst.name if dst.is_file() else None
 
@@ -323,5 +322,5 @@ def _write_manifest(
     }
     if "reference_encoder" in specs:  # absent without one: such manifests stay as they were
         manifest["reference_encoder"] = dict(specs["reference_encoder"].attrs)
-    _atomic_write_json(out_dir / MANIFEST_NAME, manifest)
+    atomic_write_json(out_dir / MANIFEST_NAME, manifest)
     return manifest

@@ -60,7 +60,9 @@ def verified_records(out_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
         if rec.get("status") != "ok":
             continue
         files = rec.get("files") or {}
-        if files and all(sha256_file(out_dir / rel) == digest for rel, digest in files.items()):
+        if files and all(
+            sha256_file(out_dir / rel, missing_ok=True) == digest for rel, digest in files.items()
+        ):
             records.append(rec)
         else:
             logger.warning(

@@ -13,68 +13,27 @@ Durability contract (what a SIGKILL or power cut can and cannot do):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from unidg_rt.artifacts.io import (  # noqa: F401 - re-exported: the jobs' file primitives
+    TMP_SUFFIX,
+    atomic_write_bytes,
+    sha256_bytes,
+    sha256_file,
+)
 from unidg_rt.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 LOCK_FILE = ".unidg_synth.lock"
-TMP_SUFFIX = ".unidg-tmp"
 #: folders of the plain output layout (relative to the output directory)
 OUTPUT_FOLDERS = ("images", "masks", "normals")
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str | None:
-    """sha256 of a file's bytes, ``None`` if it is missing or unreadable."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError:
-        return None
-    return digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    # the rename is only durable once the directory entry is on disk (POSIX); Windows can't
-    # open directories, where os.replace is already durable enough for our purpose
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via temp file + fsync + rename (+ fsync of the folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def remove_stale_temp_files(out_dir: Path) -> int:

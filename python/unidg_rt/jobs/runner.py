@@ -133,7 +133,7 @@ def _write(out_dir: Path, rel: str, data: bytes, files: dict[str, str]) -> None:
     digest = sha256_bytes(data)
     path = out_dir / rel
     # shared files (normals) may already be there, written by another job or worker
-    if not (rel.startswith("normals/") and sha256_file(path) == digest):
+    if not (rel.startswith("normals/") and sha256_file(path, missing_ok=True) == digest):
         atomic_write_bytes(path, data)
     files[rel] = digest
 
@@ -228,7 +228,7 @@ def check_done(
     for rel, digest in files.items():
         if not isinstance(rel, str) or not isinstance(digest, str):
             return "record is malformed"
-        actual = sha256_file(out_dir / rel)
+        actual = sha256_file(out_dir / rel, missing_ok=True)
         if actual is None:
             return f"{rel} is missing"
         if actual != digest:
@@ -241,7 +241,7 @@ def check_done(
                 continue
             cache = input_cache if input_cache is not None else {}
             if path not in cache:
-                cache[path] = sha256_file(Path(path))
+                cache[path] = sha256_file(Path(path), missing_ok=True)
             if cache[path] != digest:
                 return f"input {name} changed since it was run"
     return None

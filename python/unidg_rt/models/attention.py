@@ -20,9 +20,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from unidg_rt.vocab import TORCH_FORMS
+
 #: logit value that stands for -inf in the folded form; exp(-1e4) == 0 in fp32/bf16/fp16.
 FOLD_NEG = -1.0e4
-ATTENTION_FORMS = ("reference", "fold", "triton", "sdpa")
+ATTENTION_FORMS = TORCH_FORMS  # the one list: unidg_rt.vocab
 
 
 def _groups_2d(token_groups: torch.Tensor, batch: int) -> torch.Tensor:

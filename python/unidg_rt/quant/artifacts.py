@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unidg_rt.artifacts.onnx_folder import manifest_entry
+from unidg_rt.artifacts.io import atomic_write_json, sha256_file
+from unidg_rt.artifacts.onnx_folder import MANIFEST_NAME, manifest_entry, read_manifest
 from unidg_rt.errors import ConfigError, WeightsError
-from unidg_rt.jobs.io import atomic_write_bytes, sha256_file
 from unidg_rt.quant.qdq import DEFAULT_MIN_COVERAGE, QDQ_PRECISIONS, quantize_onnx
-from unidg_rt.runtime.ort_backend import MANIFEST_NAME, ORT_FORMS, read_manifest
+from unidg_rt.vocab import ORT_FORMS
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +32,6 @@ SIDECAR_FORMAT = "unidg-onnx-artifact/1"
 QUANT_COMPONENTS = ("transformer", "vae_encoder", "vae_decoder")
 #: the precision quantisation starts from (calibration runs it on ORT CPU)
 SOURCE_PRECISION = "fp32"
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 def _versions() -> dict[str, str]:
@@ -85,7 +81,7 @@ def register_artifact(onnx_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
         if (a["component"], a["attention_form"], a["precision"]) != key
     ]
     manifest["artifacts"] = [*arts, entry]
-    _write_json(Path(onnx_dir) / MANIFEST_NAME, manifest)
+    atomic_write_json(Path(onnx_dir) / MANIFEST_NAME, manifest)
     return manifest
 
 
@@ -153,7 +149,7 @@ def quantize_folder(
             max_samples=max_samples, min_coverage=min_coverage,
         )  # fmt: skip
         sidecar = _sidecar(out, src, src_side, src_entry, cal_file, key, res)
-        _write_json(side_path, sidecar)
+        atomic_write_json(side_path, sidecar)
         register_artifact(onnx_dir, _entry(sidecar))
         results.append({"component": component, "file": out.name, "skipped": False, "sidecar": sidecar})
     return results

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from unidg_rt.artifacts.adapters import AdapterScales, artifact_adapters
+from unidg_rt.artifacts.feeds import GraphFeed, TransformerFeed
 from unidg_rt.errors import BackendUnavailableError, ConfigError, InvalidInputError, UniDGError
 from unidg_rt.quant.graph import (  # noqa: F401 - re-exported: the quantisation API lives here
     COMPUTE_OPS,
@@ -81,7 +82,7 @@ class QuantizationError(UniDGError):
 
 # ---------------------------------------------------------------------- calibration feeds
 class _GraphInputs:
-    """Stands in for an ORT session where only input names/types/shapes are needed."""
+    """A graph's non-initializer inputs (name, ORT type name, shape), as an ORT session lists them."""
 
     class _Arg:
         def __init__(self, name, type_, shape):
@@ -96,13 +97,9 @@ class _GraphInputs:
             t = vi.type.tensor_type
             shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
             self._inputs.append(self._Arg(vi.name, _ORT_TYPES.get(t.elem_type, "?"), shape))
-        self._outputs = [self._Arg(o.name, "", []) for o in model.graph.output]
 
     def get_inputs(self):
         return self._inputs
-
-    def get_outputs(self):
-        return self._outputs
 
 
 def calibration_feeds(
@@ -114,12 +111,11 @@ def calibration_feeds(
     """One feed per captured sample, prepared exactly like the ORT backend prepares a pipeline
     feed (defaults filled, group tables broadcast). Refuses missing or mismatched data."""
     from unidg_rt.quant.calibration import load_calibration
-    from unidg_rt.runtime.ort_backend import OrtRunner, OrtTransformerRunner
 
     data = load_calibration(calibration, component)  # refuses a missing capture
     model = load_model(onnx_path)
     shim = _GraphInputs(model)
-    runner = (OrtTransformerRunner if component == "transformer" else OrtRunner)(shim, component)
+    runner = (TransformerFeed if component == "transformer" else GraphFeed)(shim.get_inputs(), component)
     if component == "transformer":  # data captured without strengths (torch backend): 1.0 each
         sidecar = Path(onnx_path).with_suffix(".json")
         names = artifact_adapters(json.loads(sidecar.read_text())) if sidecar.is_file() else []

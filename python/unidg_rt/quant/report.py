@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from unidg_rt.artifacts.io import atomic_write_json, jsonable
 from unidg_rt.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -179,14 +180,10 @@ class PrecisionReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        from unidg_rt.evaluation.evaluator import _jsonable
-
-        return _jsonable(self.__dict__)
+        return jsonable(self.__dict__)
 
     def save_json(self, path: str | Path) -> Path:
-        from unidg_rt.evaluation.evaluator import save_report_json
-
-        return save_report_json(self.to_dict(), path)
+        return atomic_write_json(path, self.to_dict())
 
 
 def _artifact_bytes(onnx_dir: Path, art: dict[str, Any]) -> int:

@@ -10,32 +10,20 @@ is installed, else CPU). No torch import.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unidg_rt.artifacts.adapters import INPUT_NAME as ADAPTER_INPUT
-from unidg_rt.artifacts.adapters import AdapterScales, graph_adapters
-from unidg_rt.artifacts.onnx_folder import MANIFEST_FORMAT, MANIFEST_NAME
-from unidg_rt.engines.manifest import PRECISIONS  # most precise first
+from unidg_rt.artifacts.adapters import graph_adapters
+from unidg_rt.artifacts.feeds import GraphFeed, TransformerFeed
+from unidg_rt.artifacts.onnx_folder import MANIFEST_NAME, read_manifest
 from unidg_rt.errors import BackendUnavailableError, ConfigError, InvalidInputError, WeightsError
 from unidg_rt.runtime.backend import GraphAdapters
+from unidg_rt.vocab import ORT_FORMS, PRECISIONS
 
 logger = logging.getLogger(__name__)
-
-#: forms ONNX Runtime can execute; ``plugin`` needs the TensorRT plugin
-ORT_FORMS = ("decomposed", "fold", "attention_op")
-_NP_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(bool)": np.bool_,
-}
 
 
 def _onnxruntime():
@@ -54,24 +42,6 @@ def default_providers(ort=None) -> list[str]:
     ort = ort or _onnxruntime()
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider",) if p in available] + ["CPUExecutionProvider"]
-
-
-def read_manifest(onnx_dir: str | Path) -> dict[str, Any]:
-    path = Path(onnx_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise WeightsError(
-            f"{path} not found: {onnx_dir} is not an exported ONNX folder; create one with "
-            "`unidg-rt export` (or unidg_rt.export.pipeline.export_pipeline)"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise WeightsError(f"{path} is not valid JSON ({exc}); re-run the export") from exc
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise WeightsError(
-            f"{path} has format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}; re-export"
-        )
-    return manifest
 
 
 def _pick(manifest, component: str, form: str | None, precision: str | None) -> dict[str, Any]:
@@ -101,32 +71,15 @@ def _pick(manifest, component: str, form: str | None, precision: str | None) -> 
     return best
 
 
-class OrtRunner:
-    """One session, the ``infer(feed) -> dict`` contract. Inputs are cast to the graph's dtypes;
-    float outputs come back as float32."""
+class OrtRunner(GraphFeed):
+    """One session, the ``infer(feed) -> dict`` contract. Inputs are cast to the graph's dtypes
+    (:class:`~unidg_rt.artifacts.feeds.GraphFeed`); float outputs come back as float32."""
 
     def __init__(self, session, component: str, io_binding: bool = False):
         self.session = session
-        self.component = component
         self.io_binding = io_binding
-        inputs = session.get_inputs()
-        self.input_names = tuple(i.name for i in inputs)
+        super().__init__(session.get_inputs(), component)
         self.output_names = tuple(o.name for o in session.get_outputs())
-        self._dtypes = {i.name: _NP_TYPES.get(i.type) for i in inputs}
-        self._shapes = {i.name: tuple(i.shape) for i in inputs}
-        bad = [i.name for i in inputs if self._dtypes[i.name] is None]
-        if bad:
-            raise BackendUnavailableError(
-                f"{component}: inputs {bad} have dtypes numpy cannot hold; export with fp32 I/O"
-            )
-
-    def prepare(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
-        out = {}
-        for name in self.input_names:
-            if feed.get(name) is None:
-                raise InvalidInputError(f"{self.component}: input {name!r} is required by the ONNX graph")
-            out[name] = np.ascontiguousarray(feed[name], dtype=self._dtypes[name])
-        return out
 
     def infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
         arrays = self.prepare(feed)
@@ -146,39 +99,9 @@ class OrtRunner:
         }
 
 
-class OrtTransformerRunner(OrtRunner):
-    """Fills the optional inputs the way the torch model treats ``None``: ``token_groups`` zeros
-    and ``group_bias`` zeros (no bias); broadcasts ``[G,G]`` / ``[H,G,G]`` tables to the graph's
-    ``[L, H, G, G]``; accepts ``[B, N]`` groups when every row is the same; feeds
-    ``adapter_scales`` from ``adapters`` (:class:`AdapterScales`) unless the feed has it."""
-
-    adapters: AdapterScales | None = None
-
-    def prepare(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
-        feed = dict(feed)
-        if self.adapters and feed.get(ADAPTER_INPUT) is None:
-            feed[ADAPTER_INPUT] = self.adapters.array()
-        n_tokens = np.shape(feed["encoder_hidden_states"])[1] + np.shape(feed["hidden_states"])[1]
-        if feed.get("token_groups") is None or feed.get("group_bias") is None:
-            feed["token_groups"] = np.zeros((n_tokens,), np.int64)
-            feed["group_bias"] = np.zeros(self._shapes["group_bias"], np.float32)
-        groups = np.asarray(feed["token_groups"])
-        if groups.ndim == 2:
-            if not (groups == groups[:1]).all():
-                raise InvalidInputError("token_groups differ per batch row; the ONNX graph takes one [N] row")
-            groups = groups[0]
-        feed["token_groups"] = groups
-        table = np.asarray(feed["group_bias"], dtype=np.float32)
-        target = self._shapes["group_bias"]
-        try:
-            feed["group_bias"] = np.broadcast_to(table.reshape((1,) * (4 - table.ndim) + table.shape), target)
-        except ValueError as exc:
-            raise InvalidInputError(
-                f"group_bias {table.shape} does not broadcast to the graph's {target}"
-            ) from exc
-        if "guidance" not in self.input_names:
-            feed.pop("guidance", None)
-        return super().prepare(feed)
+class OrtTransformerRunner(TransformerFeed, OrtRunner):
+    """The transformer's session; its feed fills and broadcasts the optional inputs
+    (:class:`~unidg_rt.artifacts.feeds.TransformerFeed`)."""
 
 
 # ---------------------------------------------------------------------- reference encoder

@@ -98,8 +98,8 @@ class UniDGPipeline:
         :class:`~unidg_rt.runtime.optimize.FastPathConfig`; ``precision="fp8"`` adds FP8 linears to
         it. A bare transformer file (e.g. BFL's ``flux1-fill-dev.safetensors``) needs ``config``
         (a ``FluxConfig`` or preset name such as ``"flux-fill"``) and ``vae`` (a VAE folder/file)."""
+        from unidg_rt.artifacts.assets import default_model_path
         from unidg_rt.models.loading import load_transformer, load_vae, read_card
-        from unidg_rt.runtime.assets import default_model_path
         from unidg_rt.runtime.optimize import apply_fast_path, check_device, resolve_fast_path
         from unidg_rt.runtime.torch_backend import TorchBackend
 
@@ -211,7 +211,7 @@ class UniDGPipeline:
         can run the plans was available (see README)."""
         from unidg_rt.runtime.trt_backend import pipeline_from_engines
 
-        return pipeline_from_engines(engines_dir, pipeline_cls=cls, **kwargs)
+        return pipeline_from_engines(cls, engines_dir, **kwargs)
 
     @classmethod
     def from_onnx(

@@ -33,6 +33,7 @@ import numpy as np
 
 from unidg_rt.artifacts.adapters import INPUT_NAME as ADAPTER_INPUT
 from unidg_rt.artifacts.adapters import AdapterScales, graph_adapters
+from unidg_rt.artifacts.io import atomic_write_bytes
 from unidg_rt.engines import manifest as mf
 from unidg_rt.errors import BackendUnavailableError, EngineMismatchError, InvalidInputError
 from unidg_rt.runtime.backend import GraphAdapters
@@ -139,7 +140,7 @@ class TRTRunner:
     def save_runtime_cache(self) -> None:
         """Persist TensorRT-RTX's JIT kernel cache (no-op without one)."""
         if self._runtime_cache is not None and self._runtime_cache_path is not None:
-            mf.atomic_write_bytes(self._runtime_cache_path, bytes(self._runtime_cache.serialize()))
+            atomic_write_bytes(self._runtime_cache_path, bytes(self._runtime_cache.serialize()))
 
     # -------------------------------------------------------------- feed adaptation
     def _adapt(self, feed: dict[str, Any]) -> dict[str, Any]:
@@ -391,20 +392,19 @@ def model_facts(transformer_manifest: dict[str, Any]) -> dict[str, Any]:
     return facts
 
 
-def pipeline_from_engines(engines_dir: str | Path, *, embeddings=None, device: str = "cuda",
+def pipeline_from_engines(cls, engines_dir: str | Path, *, embeddings=None, device: str = "cuda",
                           precision: str | None = None, variant: str | None = None, cuda_graph: bool = False,
                           runtime_cache_dir: str | Path | None = None, text_seq_len: int | None = None,
-                          verify_hash: bool = True, pipeline_cls=None, reference_encoder=_AUTO):  # fmt: skip
+                          verify_hash: bool = True, reference_encoder=_AUTO):  # fmt: skip
     """``UniDGPipeline.from_engines(dir)``: plans built by ``unidg-rt build`` (sidecars checked
     against this GPU and the installed TensorRT / TensorRT-RTX) → a pipeline on :class:`TRTBackend`.
     ``embeddings``: category cache (default ``engines_dir/embeddings.safetensors`` if present).
-    ``pipeline_cls``: the class to build (default :class:`UniDGPipeline`; the classmethod passes
-    ``cls``). ``reference_encoder``: default = the folder's ``reference_encoder`` plan (refused
+    ``cls``: the pipeline class to build (the classmethod passes its ``cls``; this module never
+    imports the pipeline). ``reference_encoder``: default = the folder's ``reference_encoder`` plan (refused
     when the checkpoint has one but the folder lacks it), ``None`` = none, or any object with
     ``encode(crop)``. UNVERIFIED on hardware (see the module docstring)."""
     from unidg_rt.embeddings import EmbeddingsCache
     from unidg_rt.engines.build import load_trt, local_device_cc
-    from unidg_rt.runtime.pipeline import UniDGPipeline
 
     engines_dir = Path(engines_dir)
     _torch()
@@ -437,7 +437,7 @@ def pipeline_from_engines(engines_dir: str | Path, *, embeddings=None, device: s
             f"plan{f' in {precision}' if precision else ''}: export it, then "
             f"`unidg-rt build ONNX_DIR --component reference_encoder --out {engines_dir}`",
         )  # fmt: skip
-    return (pipeline_cls or UniDGPipeline)(
+    return cls(
         backend,
         text_seq_len=text_seq_len or facts["text_seq_len"],
         joint_attention_dim=facts["joint_attention_dim"],
