@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from unidg_rt.errors import InvalidInputError
-from unidg_rt.quant.fp8 import E4M3_MAX, FP8Linear, calibrated_act_scales, quantize_linears_fp8
+from unidg_rt.kernels.fp8 import E4M3_MAX, FP8Linear, quantize_linears_fp8
+from unidg_rt.quant.fp8 import calibrated_act_scales
 
 
 def test_calibrated_static_scales(tiny_checkpoint, calibrated, tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from unidg_rt.kernels.fp8 import FP8Linear, quantize_linears_fp8, quantize_rowwise
 from unidg_rt.models.config import FluxConfig
 from unidg_rt.models.mmdit import FluxTransformer
-from unidg_rt.quant.fp8 import FP8Linear, quantize_linears_fp8, quantize_rowwise
 from unidg_rt.runtime.optimize import (
     CUDAGraphRunner,
     FastPathConfig,

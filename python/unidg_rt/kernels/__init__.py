@@ -4,6 +4,8 @@
   per-token group ids and the small ``T`` table; the ``N×N`` bias is never built.
 - :mod:`unidg_rt.kernels.fused_ops` — fused glue: RMSNorm+RoPE, LayerNorm+modulate,
   gated residual, each with a torch reference and an auto dispatcher.
+- :mod:`unidg_rt.kernels.fp8` — FP8 (E4M3) linears on ``torch._scaled_mm`` (fast path
+  ``precision="fp8"``).
 
 Importing this package imports neither triton nor torch: the submodules do, when used.
 Triton decides at *decoration* time whether a kernel is compiled for the GPU or run by its

@@ -3,4 +3,5 @@ ONNX from the captured data (:mod:`~unidg_rt.quant.qdq`, ModelOpt's ONNX PTQ or 
 quantizer; graph analysis and post-validation in :mod:`~unidg_rt.quant.graph`), quantised
 artifacts in an exported folder (:mod:`~unidg_rt.quant.artifacts`, ``unidg-rt quantize``), the
 precision-vs-fp32 quality report (:mod:`~unidg_rt.quant.report`, ``unidg-rt eval --compare``) and
-torch FP8 linears for the GPU fast path (:mod:`~unidg_rt.quant.fp8`)."""
+static FP8 activation scales from calibration for the torch fast path's FP8 linears
+(:mod:`~unidg_rt.quant.fp8`; the linears are :mod:`unidg_rt.kernels.fp8`)."""

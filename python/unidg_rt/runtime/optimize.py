@@ -10,7 +10,7 @@ computes the same model as the eager one, adapters included:
   q/k/v slices after the fused matmul, and ``AdapterManager.fuse/unfuse`` (in-place on the
   views) change the fused weight too.
 - **Triton**: group-bias attention (no N×N mask) and the RMSNorm+RoPE glue kernel.
-- **FP8** (``precision="fp8"``): E4M3 linears (quant/fp8.py); LoRA branches stay high precision.
+- **FP8** (``precision="fp8"``): E4M3 linears (kernels/fp8.py); LoRA branches stay high precision.
 - **CUDA graphs** (:class:`CUDAGraphRunner`): one capture per input-shape signature (batch,
   image tokens = height×width, text tokens), replayed across steps and calls. Adapter strengths
   are *static tensors* read by the hooks (``AdapterManager.strength_inputs``) and refilled before
@@ -186,7 +186,7 @@ def optimize_transformer(model: FluxTransformer, cfg: FastPathConfig = FastPathC
         model.set_attention_form(form)
         report["attention_form"] = form
     if cfg.fp8:
-        from unidg_rt.quant.fp8 import DEFAULT_SKIP, quantize_linears_fp8
+        from unidg_rt.kernels.fp8 import DEFAULT_SKIP, quantize_linears_fp8
 
         report["fp8_linears"] = len(quantize_linears_fp8(model, skip=DEFAULT_SKIP + _QKV_PARTS))
     if cfg.compile:
