@@ -56,12 +56,11 @@ FORBIDDEN: tuple[tuple[str, str, str], ...] = (
     ("unidg_rt.runtime.torch_backend", "unidg_rt.runtime.pipeline", "a backend never imports the pipeline"),
     ("unidg_rt.runtime.ort_backend", "unidg_rt.runtime.pipeline", "a backend never imports the pipeline"),
     ("unidg_rt.runtime.trt_backend", "unidg_rt.runtime.pipeline", "a backend never imports the pipeline"),
-    (
-        "unidg_rt.runtime.backend",
-        "unidg_rt.runtime.pipeline",
-        "the backend protocol never imports the pipeline",
-    ),
-)
+    ("unidg_rt.runtime.backend", "unidg_rt.runtime.pipeline", "the protocol never imports the pipeline"),
+    ("unidg_rt.runtime", "unidg_rt.engines.build", "the runtime loads plans (engines.bindings), not the builder"),
+    ("unidg_rt.runtime", "unidg_rt.quant", "the runtime runs artifacts; torch-level pieces live on floor 2"),
+    ("unidg_rt.runtime", "unidg_rt.export", "the runtime reads exported folders through artifacts/"),
+)  # fmt: skip
 
 #: arrows that are no dependency: (importer, imported, why)
 EXEMPT: tuple[tuple[str, str, str], ...] = (
@@ -397,3 +396,16 @@ def test_allow_list_hides_only_its_arrow():
         len(violations(arrows, allowed=[("unidg_rt.models.text", "unidg_rt.runtime.session", "issue 16")]))
         == 1
     )
+
+
+def test_trt_backend_loads_without_the_engine_builder():
+    """Package __init__ files import nothing eagerly, so the runtime's plan loader does not pull
+    the 400-line builder through ``unidg_rt.engines``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, unidg_rt.runtime.trt_backend as t, unidg_rt.engines as e; "
+        "assert callable(e.load_trt) and 'unidg_rt.engines.build' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

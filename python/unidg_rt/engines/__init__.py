@@ -1,13 +1,13 @@
 """Engines: TensorRT / TensorRT-RTX builders (:mod:`.build`), plan naming + sidecars + checks
-(:mod:`.manifest`), and the builder's layer report (:mod:`.layers`).
+(:mod:`.manifest`), the bindings loader (:mod:`.bindings`) and the builder's layer report
+(:mod:`.layers`).
 
-Nothing here imports TensorRT at import time; :func:`build_engine` loads the bindings it needs.
+Nothing here imports TensorRT at import time, and importing the package imports none of its
+modules (the runtime reads plans through :mod:`.manifest` and :mod:`.bindings` without the
+builder); the names below resolve on first use.
 """
 
 from __future__ import annotations
-
-from unidg_rt.engines.build import EngineBuildError, PlanInfo, build_engine, load_trt, normalize_profiles
-from unidg_rt.engines.manifest import check_plan, inspect_plan, plan_name
 
 __all__ = [
     "EngineBuildError",
@@ -19,3 +19,16 @@ __all__ = [
     "normalize_profiles",
     "plan_name",
 ]
+
+_WHERE = {
+    "EngineBuildError": "build", "PlanInfo": "build", "build_engine": "build", "normalize_profiles": "build",
+    "load_trt": "bindings", "check_plan": "manifest", "inspect_plan": "manifest", "plan_name": "manifest",
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"unidg_rt.engines.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'unidg_rt.engines' has no attribute {name!r}")

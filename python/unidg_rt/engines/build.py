@@ -37,6 +37,7 @@ from typing import Any
 from unidg_rt.artifacts.io import atomic_write_bytes
 from unidg_rt.engines import layers as layer_info
 from unidg_rt.engines import manifest as mf
+from unidg_rt.engines.bindings import load_trt, local_device_cc
 from unidg_rt.engines.inputs import (
     check_onnx_precision,
     component_from_path,
@@ -45,12 +46,9 @@ from unidg_rt.engines.inputs import (
     pipeline_facts,
     profiles_from_spec,
 )
-from unidg_rt.errors import BackendUnavailableError, ConfigError, UniDGError
+from unidg_rt.errors import ConfigError, UniDGError
 
 logger = logging.getLogger(__name__)
-
-PIP_RTX = "pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings"
-_MODULES = {"tensorrt": ("tensorrt",), "tensorrt-rtx": ("tensorrt_rtx_bindings", "tensorrt_rtx")}
 
 
 class EngineBuildError(UniDGError):
@@ -70,24 +68,6 @@ class PlanInfo:
 
 
 # ------------------------------------------------------------------------------ bindings
-def load_trt(builder: str = "tensorrt"):
-    """Import the Python bindings of ``builder`` (lazily; never at ``import unidg_rt``)."""
-    import importlib
-
-    builder = mf.normalize_builder(builder)
-    for name in _MODULES[builder]:
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    hint = (
-        f"`{PIP_RTX}` (the `tensorrt-rtx` meta packages are download stubs that fail)"
-        if builder == "tensorrt-rtx"
-        else "`pip install tensorrt` on the GPU machine, or JetPack's python3-libnvinfer on Jetson"
-    )
-    raise BackendUnavailableError(f"builder={builder!r} needs its Python bindings: install them with {hint}")
-
-
 def _flag(trt, name: str):
     return getattr(trt.BuilderFlag, name, None)
 
@@ -97,18 +77,6 @@ def rtx_supported_targets(trt) -> list[str]:
     cc = getattr(trt, "ComputeCapability", None)
     names = [n for n in dir(cc) if n.startswith("SM") and n[2:].isdigit()] if cc is not None else []
     return sorted((mf.normalize_cc(n) for n in names), key=mf.cc_key)
-
-
-def local_device_cc() -> str | None:
-    """Compute capability of CUDA device 0, or ``None`` on a machine without one."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return mf.normalize_cc(torch.cuda.get_device_capability(0))
-    except ImportError:  # pragma: no cover - torch-free deployments
-        pass
-    return None
 
 
 # ------------------------------------------------------------------------------ logger

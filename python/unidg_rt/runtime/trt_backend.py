@@ -260,7 +260,7 @@ class TRTBackend(GraphAdapters):
 
     def __init__(self, plans: dict[str, tuple[Path, dict[str, Any]]], *, device: str = "cuda",
                  cuda_graph: bool = False, runtime_cache_dir: str | Path | None = None):  # fmt: skip
-        from unidg_rt.engines.build import load_trt
+        from unidg_rt.engines.bindings import load_trt
 
         self.torch = _torch()
         self.device = self.torch.device(device)
@@ -404,7 +404,7 @@ def pipeline_from_engines(cls, engines_dir: str | Path, *, embeddings=None, devi
     when the checkpoint has one but the folder lacks it), ``None`` = none, or any object with
     ``encode(crop)``. UNVERIFIED on hardware (see the module docstring)."""
     from unidg_rt.embeddings import EmbeddingsCache
-    from unidg_rt.engines.build import load_trt, local_device_cc
+    from unidg_rt.engines.bindings import load_trt, local_device_cc
 
     engines_dir = Path(engines_dir)
     _torch()
