@@ -74,8 +74,6 @@ EXEMPT: tuple[tuple[str, str, str], ...] = (
 #: known debts, visible: (importer module, imported module or module.name, issue). Each must still
 #: match an arrow the checker reports, or the test fails (delete paid debts).
 ALLOWED: tuple[tuple[str, str, str], ...] = (
-    # being fixed in this change (issue 16)
-    ("unidg_rt.models.lora_formats", "unidg_rt.models.convert._DOUBLE", "issue 16"),
     # packages others are rewriting now (issue 16): private names across data/ modules
     ("unidg_rt.data._defects_blobs", "unidg_rt.data._defects_marks._lum", "issue 16: data/ private reach"),
     ("unidg_rt.data.copies", "unidg_rt.data.defects._RENDERERS", "issue 16: data/ private reach"),

@@ -13,7 +13,9 @@ import torch
 
 from unidg_rt.models.config import FluxConfig
 
-_PLAIN = {  # diffusers suffix : BFL suffix (global, non-block keys)
+#: diffusers suffix -> BFL suffix: global (non-block) keys, then per double / single block (shared
+#: with the LoRA key layouts of :mod:`unidg_rt.models.lora_formats`)
+PLAIN_KEYS = {
     "time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
     "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
     "time_text_embed.text_embedder.linear_1": "vector_in.in_layer",
@@ -24,7 +26,7 @@ _PLAIN = {  # diffusers suffix : BFL suffix (global, non-block keys)
     "x_embedder": "img_in",
     "proj_out": "final_layer.linear",
 }
-_DOUBLE = {
+DOUBLE_BLOCK_KEYS = {
     "norm1.linear": "img_mod.lin",
     "norm1_context.linear": "txt_mod.lin",
     "attn.norm_q": "img_attn.norm.query_norm",
@@ -38,7 +40,7 @@ _DOUBLE = {
     "attn.to_out.0": "img_attn.proj",
     "attn.to_add_out": "txt_attn.proj",
 }
-_SINGLE = {
+SINGLE_BLOCK_KEYS = {
     "norm.linear": "modulation.lin",
     "attn.norm_q": "norm.query_norm",
     "attn.norm_k": "norm.key_norm",
@@ -60,7 +62,7 @@ def bfl_to_diffusers(sd: dict[str, torch.Tensor], config: FluxConfig) -> dict[st
     sd = {k.removeprefix("model.diffusion_model."): v for k, v in sd.items()}
     inner, mlp = config.inner_dim, int(config.inner_dim * config.mlp_ratio)
     out: dict[str, torch.Tensor] = {}
-    for dif, bfl in _PLAIN.items():
+    for dif, bfl in PLAIN_KEYS.items():
         for p in ("weight", "bias"):
             if f"{bfl}.{p}" in sd:
                 out[f"{dif}.{p}"] = sd.pop(f"{bfl}.{p}")
@@ -68,7 +70,7 @@ def bfl_to_diffusers(sd: dict[str, torch.Tensor], config: FluxConfig) -> dict[st
         out[f"norm_out.linear.{p}"] = _swap_halves(sd.pop(f"final_layer.adaLN_modulation.1.{p}"))
     for i in range(config.num_layers):
         src, dst = f"double_blocks.{i}.", f"transformer_blocks.{i}."
-        for dif, bfl in _DOUBLE.items():
+        for dif, bfl in DOUBLE_BLOCK_KEYS.items():
             for p in ("weight", "bias"):
                 bp = "scale" if bfl.endswith("_norm") else p
                 if f"{src}{bfl}.{bp}" in sd and not (bfl.endswith("_norm") and p == "bias"):
@@ -84,7 +86,7 @@ def bfl_to_diffusers(sd: dict[str, torch.Tensor], config: FluxConfig) -> dict[st
                     out[f"{dst}attn.{name}.{p}"] = part
     for i in range(config.num_single_layers):
         src, dst = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
-        for dif, bfl in _SINGLE.items():
+        for dif, bfl in SINGLE_BLOCK_KEYS.items():
             for p in ("weight", "bias"):
                 bp = "scale" if bfl.endswith("_norm") else p
                 if f"{src}{bfl}.{bp}" in sd and not (bfl.endswith("_norm") and p == "bias"):
@@ -101,7 +103,7 @@ def diffusers_to_bfl(sd: dict[str, torch.Tensor], config: FluxConfig) -> dict[st
     """diffusers keys → original FLUX keys (inverse of :func:`bfl_to_diffusers`)."""
     sd = dict(sd)
     out: dict[str, torch.Tensor] = {}
-    for dif, bfl in _PLAIN.items():
+    for dif, bfl in PLAIN_KEYS.items():
         for p in ("weight", "bias"):
             if f"{dif}.{p}" in sd:
                 out[f"{bfl}.{p}"] = sd.pop(f"{dif}.{p}")
@@ -109,7 +111,7 @@ def diffusers_to_bfl(sd: dict[str, torch.Tensor], config: FluxConfig) -> dict[st
         out[f"final_layer.adaLN_modulation.1.{p}"] = _swap_halves(sd.pop(f"norm_out.linear.{p}"))
     for i in range(config.num_layers):
         src, dst = f"transformer_blocks.{i}.", f"double_blocks.{i}."
-        for dif, bfl in _DOUBLE.items():
+        for dif, bfl in DOUBLE_BLOCK_KEYS.items():
             for p in ("weight", "bias"):
                 if f"{src}{dif}.{p}" in sd:
                     out[f"{dst}{bfl}.{'scale' if bfl.endswith('_norm') else p}"] = sd.pop(f"{src}{dif}.{p}")
@@ -123,7 +125,7 @@ def diffusers_to_bfl(sd: dict[str, torch.Tensor], config: FluxConfig) -> dict[st
                 )
     for i in range(config.num_single_layers):
         src, dst = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
-        for dif, bfl in _SINGLE.items():
+        for dif, bfl in SINGLE_BLOCK_KEYS.items():
             for p in ("weight", "bias"):
                 if f"{src}{dif}.{p}" in sd:
                     out[f"{dst}{bfl}.{'scale' if bfl.endswith('_norm') else p}"] = sd.pop(f"{src}{dif}.{p}")

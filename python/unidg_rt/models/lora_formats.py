@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from unidg_rt.errors import WeightsError
-from unidg_rt.models.convert import _DOUBLE, _PLAIN, _SINGLE
+from unidg_rt.models.convert import DOUBLE_BLOCK_KEYS, PLAIN_KEYS, SINGLE_BLOCK_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -164,16 +164,20 @@ def _bfl_table(model: nn.Module) -> dict[str, tuple[tuple[str, ...], bool]]:
     """BFL module name -> (our target modules, swap-halves-of-up)."""
     n_double = len(getattr(model, "transformer_blocks", ()))
     n_single = len(getattr(model, "single_transformer_blocks", ()))
-    table = {bfl: ((dif,), False) for dif, bfl in _PLAIN.items()}
+    table = {bfl: ((dif,), False) for dif, bfl in PLAIN_KEYS.items()}
     table["final_layer.adaLN_modulation.1"] = (("norm_out.linear",), True)
     for i in range(n_double):
         d, b = f"transformer_blocks.{i}.", f"double_blocks.{i}."
-        table.update({b + bfl: ((d + dif,), False) for dif, bfl in _DOUBLE.items() if "norm" not in bfl})
+        table.update(
+            {b + bfl: ((d + dif,), False) for dif, bfl in DOUBLE_BLOCK_KEYS.items() if "norm" not in bfl}
+        )
         table[b + "img_attn.qkv"] = (tuple(d + f"attn.to_{x}" for x in "qkv"), False)
         table[b + "txt_attn.qkv"] = (tuple(d + f"attn.add_{x}_proj" for x in "qkv"), False)
     for i in range(n_single):
         d, b = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
-        table.update({b + bfl: ((d + dif,), False) for dif, bfl in _SINGLE.items() if "norm" not in bfl})
+        table.update(
+            {b + bfl: ((d + dif,), False) for dif, bfl in SINGLE_BLOCK_KEYS.items() if "norm" not in bfl}
+        )
         table[b + "linear1"] = ((*(d + f"attn.to_{x}" for x in "qkv"), d + "proj_mlp"), False)
     return table
 
