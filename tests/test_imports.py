@@ -76,8 +76,6 @@ EXEMPT: tuple[tuple[str, str, str], ...] = (
 ALLOWED: tuple[tuple[str, str, str], ...] = (
     # packages others are rewriting now (issue 16): private names across data/ modules
     ("unidg_rt.data._defects_blobs", "unidg_rt.data._defects_marks._lum", "issue 16: data/ private reach"),
-    ("unidg_rt.data.copies", "unidg_rt.data.defects._RENDERERS", "issue 16: data/ private reach"),
-    ("unidg_rt.data.copies", "unidg_rt.data.quadruplets._check_category", "issue 16: data/ private reach"),
     # module cycles in train/ (lazy back-arrows), issue 16
     ("unidg_rt.train.ship", "unidg_rt.train.run", "issue 16: train/run <-> train/ship cycle"),
     ("unidg_rt.train.sft", "unidg_rt.train.levers", "issue 16: train/sft <-> train/levers cycle"),

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from unidg_rt.data._noise import sample_bilinear, to_uint8
-from unidg_rt.data.defects import _RENDERERS, MASK_THRESHOLD, sample_scale
-from unidg_rt.data.quadruplets import Quadruplet, ReferencePair, _check_category, _check_seed
+from unidg_rt.data.defects import MASK_THRESHOLD, RENDERERS, sample_scale
+from unidg_rt.data.quadruplets import Quadruplet, ReferencePair, check_category, check_seed
 from unidg_rt.data.surfaces import SURFACE_KINDS, SURFACE_NOUNS, check_surface_kind, make_surface
 from unidg_rt.data.vocab import get_category
 from unidg_rt.errors import InvalidInputError
@@ -52,7 +52,7 @@ def copy_categories() -> list[str]:
     """Categories a copy pair can carry (every renderer; not the multi-defect "combined")."""
     from unidg_rt.data.defects import implemented_categories
 
-    return [c for c in implemented_categories() if c in _RENDERERS]
+    return [c for c in implemented_categories() if c in RENDERERS]
 
 
 def _blend(normal: np.ndarray, target: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +67,7 @@ def render_instance(
     normal: np.ndarray, inst: DefectInstance, reference: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(abnormal, mask)``: ``inst`` on ``normal`` — as drawn (``reference``) or warped."""
-    renderer = _RENDERERS[inst.category]
+    renderer = RENDERERS[inst.category]
     rng = np.random.default_rng(inst.seed)
     if reference:
         target, alpha = renderer(normal.astype(np.float32), rng, inst.size, inst.center_r)
@@ -104,9 +104,9 @@ def make_copy_pair(
     Surfaces: two different items (``target_surface`` None = the reference's kind); the copy is
     scaled by a log-uniform factor in ``scale_range``, rotated by a uniform angle and placed at a
     new centre. Deterministic in its arguments."""
-    rng = np.random.default_rng(_check_seed(seed))
-    category = _check_category(category)
-    if category not in _RENDERERS:
+    rng = np.random.default_rng(check_seed(seed))
+    category = check_category(category)
+    if category not in RENDERERS:
         raise InvalidInputError(
             f"category={category!r} has no single renderer; use one of {copy_categories()}"
         )

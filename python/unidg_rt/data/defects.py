@@ -30,7 +30,7 @@ MASK_THRESHOLD = 0.03  # alpha below this changes a pixel by < 3 % of the contra
 MIN_SCALE, MAX_SCALE = 0.005, 1.0
 _MAX_ATTEMPTS = 4
 
-_RENDERERS: dict[str, Renderer] = {
+RENDERERS: dict[str, Renderer] = {
     "missing": blobs.missing,
     "deformation": relief.deformation,
     "discoloration": blobs.discoloration,
@@ -64,7 +64,7 @@ _COMBINED = "combined"
 def implemented_categories() -> list[str]:
     """Categories `apply_defect` can render (vocabulary order); checked against the JSON flags."""
     names = procedural_categories()
-    missing = [n for n in names if n not in _RENDERERS and n != _COMBINED]
+    missing = [n for n in names if n not in RENDERERS and n != _COMBINED]
     if missing:
         raise ConfigError(
             f"categories.json marks {missing} procedural but no renderer exists; set 'procedural': false."
@@ -104,7 +104,7 @@ def _render_once(
     margin = min(size / 2, 0.45 * side)
     center = (float(rng.uniform(margin, h - margin)), float(rng.uniform(margin, w - margin)))
     img = normal.astype(np.float32)
-    target, alpha = _RENDERERS[name](img, rng, size, center)
+    target, alpha = RENDERERS[name](img, rng, size, center)
     alpha = np.clip(alpha, 0.0, 1.0)
     mask = alpha >= MASK_THRESHOLD
     blended = to_uint8(img + (np.asarray(target, np.float32) - img) * alpha[..., None])

@@ -83,7 +83,7 @@ class ReferencePair:
         return self.target.mask
 
 
-def _check_seed(seed: object, name: str = "seed") -> int:
+def check_seed(seed: object, name: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < _SEED_MAX:
         raise InvalidInputError(f"{name}={seed!r} must be an integer in [0, 2**63).")
     return int(seed)
@@ -96,7 +96,7 @@ def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(hw[0]), int(hw[1])
 
 
-def _check_category(category: str) -> str:
+def check_category(category: str) -> str:
     cat = get_category(category)
     if not cat.procedural:
         raise InvalidInputError(
@@ -116,12 +116,12 @@ def generate_quadruplet(
     `category` / `surface` None draw them from the seed (among the implemented categories and
     `SURFACE_KINDS`); `size` is the side or (height, width).
     """
-    rng = np.random.default_rng(_check_seed(seed))
+    rng = np.random.default_rng(check_seed(seed))
     hw = _check_size(size)
     cats = implemented_categories()
     drawn_cat = cats[int(rng.integers(len(cats)))]  # drawn even when given: same stream either way
     drawn_surf = SURFACE_KINDS[int(rng.integers(len(SURFACE_KINDS)))]
-    category = _check_category(category) if category is not None else drawn_cat
+    category = check_category(category) if category is not None else drawn_cat
     surface = check_surface_kind(surface) if surface is not None else drawn_surf
     normal = make_surface(surface, hw, rng)
     scale = sample_scale(category, rng)
@@ -152,10 +152,10 @@ def generate_dataset(
     be regenerated alone with `generate_quadruplet(q.seed, q.category, q.surface, size)`."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise InvalidInputError(f"n={n!r} must be a non-negative integer.")
-    cats = _check_choices(categories, implemented_categories(), _check_category, "categories")
+    cats = _check_choices(categories, implemented_categories(), check_category, "categories")
     surfs = _check_choices(surfaces, SURFACE_KINDS, check_surface_kind, "surfaces")
     _check_size(size)
-    picker = np.random.default_rng(_check_seed(seed))
+    picker = np.random.default_rng(check_seed(seed))
     for _ in range(int(n)):
         item_seed = int(picker.integers(0, _SEED_MAX))
         category = cats[int(picker.integers(len(cats)))]
@@ -173,11 +173,11 @@ def make_reference_pair(
     """Two different items with a defect of the same category: the reference (defect to copy)
     and the target (normal image + where to insert). `target_surface` None = a different item
     of the reference's surface kind; pass another kind for cross-product transfer."""
-    rng = np.random.default_rng(_check_seed(seed))
+    rng = np.random.default_rng(check_seed(seed))
     ref_seed, tgt_seed = (int(s) for s in rng.integers(0, _SEED_MAX, size=2))
     cats = implemented_categories()
     drawn = cats[int(rng.integers(len(cats)))]
-    category = _check_category(category) if category is not None else drawn
+    category = check_category(category) if category is not None else drawn
     reference = generate_quadruplet(ref_seed, category, reference_surface, size)
     target = generate_quadruplet(tgt_seed, category, target_surface or reference.surface, size)
     return ReferencePair(reference=reference, target=target)
