@@ -129,7 +129,7 @@ def eval_cmd(
         return eval_compare(compare, precisions, cases=cases, steps=steps, seeds=seeds, categories=categories,
                             modes=modes, size=size, classifier_cache=classifier_cache, json_path=json_path,
                             markdown=markdown)  # fmt: skip
-    from unidg_rt.cli.common import atomic_write_bytes, atomic_write_json, pipeline_from_settings
+    from unidg_rt.cli.common import pipeline_from_settings
     from unidg_rt.evaluation import (
         build_eval_set,
         default_categories,
@@ -175,19 +175,14 @@ def eval_cmd(
         console.print(f"{name} results read as: {top}")
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
-    if json_path is not None:
-        atomic_write_json(json_path, report.to_dict())
-        err_console.print(f"[green]wrote[/] {json_path}")
-    if markdown is not None:
-        atomic_write_bytes(markdown, report_markdown(report).encode())
-        err_console.print(f"[green]wrote[/] {markdown}")
+    _write_reports(report, json_path, markdown, report_markdown)
 
 
 def downstream_cmd(
     *, weights, embeddings, config, device, dtype, seeds, train_images, quick, steps, json_path, markdown
 ) -> None:
     """``eval --downstream``: the segmenter trained on each defect source, scored on real defects."""
-    from unidg_rt.cli.common import atomic_write_bytes, atomic_write_json, pipeline_from_settings
+    from unidg_rt.cli.common import pipeline_from_settings
     from unidg_rt.evaluation.downstream import (
         METHOD_LABELS,
         TABLE_COLUMNS,
@@ -233,11 +228,18 @@ def downstream_cmd(
         f"{s['test']['chance_pixel_ap']['all']:.4f}; real bank defects near-empty: "
         f"{report.paint['real_bank_near_empty_share']:.0%}"
     )
+    _write_reports(report, json_path, markdown, downstream_markdown)
+
+
+def _write_reports(report, json_path, markdown, to_markdown) -> None:
+    """``--json`` (the report's dict) and ``--markdown`` (``to_markdown(report)``), atomically."""
+    from unidg_rt.cli.common import atomic_write_bytes, atomic_write_json
+
     if json_path is not None:
         atomic_write_json(json_path, report.to_dict())
         err_console.print(f"[green]wrote[/] {json_path}")
     if markdown is not None:
-        atomic_write_bytes(markdown, downstream_markdown(report).encode())
+        atomic_write_bytes(markdown, to_markdown(report).encode())
         err_console.print(f"[green]wrote[/] {markdown}")
 
 
