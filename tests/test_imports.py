@@ -73,13 +73,7 @@ EXEMPT: tuple[tuple[str, str, str], ...] = (
 
 #: known debts, visible: (importer module, imported module or module.name, issue). Each must still
 #: match an arrow the checker reports, or the test fails (delete paid debts).
-ALLOWED: tuple[tuple[str, str, str], ...] = (
-    # packages others are rewriting now (issue 16): private names across data/ modules
-    ("unidg_rt.data._defects_blobs", "unidg_rt.data._defects_marks._lum", "issue 16: data/ private reach"),
-    # module cycles in train/ (lazy back-arrows), issue 16
-    ("unidg_rt.train.ship", "unidg_rt.train.run", "issue 16: train/run <-> train/ship cycle"),
-    ("unidg_rt.train.sft", "unidg_rt.train.levers", "issue 16: train/sft <-> train/levers cycle"),
-)
+ALLOWED: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)

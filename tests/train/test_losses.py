@@ -9,7 +9,7 @@ import torch
 
 from unidg_rt.groups import default_group_bias
 from unidg_rt.train.apo import apo_loss, beta_schedule
-from unidg_rt.train.sft import CategoryTable, flow_batch, sample_sigmas, weighted_mse
+from unidg_rt.train.flow import CategoryTable, flow_batch, sample_sigmas, weighted_mse
 
 
 def test_apo_loss_equals_hand_computation():

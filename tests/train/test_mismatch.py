@@ -14,9 +14,10 @@ from unidg_rt.models.config import FluxConfig
 from unidg_rt.models.mmdit import FluxTransformer
 from unidg_rt.runtime.backend import pack_latents
 from unidg_rt.train.apo import train_apo
+from unidg_rt.train.flow import CategoryTable
 from unidg_rt.train.mismatch import left_half_tokens, mismatch_batch, other_categories, target_weights
 from unidg_rt.train.recipe import APORecipe, SFTRecipe
-from unidg_rt.train.sft import CategoryTable, sft_step_batch
+from unidg_rt.train.sft import sft_step_batch
 
 
 def _table(lat):

@@ -14,9 +14,10 @@ from unidg_rt.models.config import FluxConfig
 from unidg_rt.models.mmdit import FluxTransformer
 from unidg_rt.runtime.backend import pack_latents
 from unidg_rt.train.apo import apo_loss, train_apo
+from unidg_rt.train.flow import CategoryTable
 from unidg_rt.train.negatives import negative_pool, sample_losers
 from unidg_rt.train.recipe import APORecipe, SFTRecipe
-from unidg_rt.train.sft import CategoryTable, sft_step_batch
+from unidg_rt.train.sft import sft_step_batch
 
 
 def test_pairwise_apo_loss_equals_hand_computation():

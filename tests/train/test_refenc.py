@@ -8,6 +8,7 @@ import torch
 
 from unidg_rt.diptych import prepare_diptych
 from unidg_rt.models.refenc import ReferenceEncoder, ReferenceEncoderConfig
+from unidg_rt.train.flow import CategoryTable
 from unidg_rt.train.recipe import Recipe, RefEncRecipe
 from unidg_rt.train.refenc import (
     bank_accuracy,
@@ -16,7 +17,6 @@ from unidg_rt.train.refenc import (
     table_rows,
     train_reference_encoder,
 )
-from unidg_rt.train.sft import CategoryTable
 
 from .conftest import TINY_RECIPE
 

@@ -15,8 +15,9 @@ from unidg_rt.models.mmdit import FluxTransformer
 from unidg_rt.models.presets import tiny_vae_config
 from unidg_rt.models.vae import AutoencoderKLFlux
 from unidg_rt.train.apo import apo_errors, apo_loss, apo_step_batch, beta_schedule
+from unidg_rt.train.flow import CategoryTable, predict, weighted_mse
 from unidg_rt.train.recipe import APORecipe, SFTRecipe, VAERecipe
-from unidg_rt.train.sft import CategoryTable, init_dit, predict, sft_step_batch, weighted_mse
+from unidg_rt.train.sft import init_dit, sft_step_batch
 from unidg_rt.train.vae import random_crops, vae_loss
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from unidg_rt.data._defects_marks import _lum, _support
 from unidg_rt.data._draw import Canvas, jagged_path
 from unidg_rt.data._noise import (
     blob_distance,
     coords,
     fbm,
     gaussian_blur,
+    luminance,
     rotated_frame,
     sample_bilinear,
     shade_from_height,
     smoothstep,
+    support_alpha,
     value_noise,
 )
 
@@ -80,7 +81,7 @@ def discoloration(img, rng, size, center):
     elif mode == "darker":
         target = img * rng.uniform(0.5, 0.75) * (1 + rng.normal(0, 0.08, 3)).astype(np.float32)
     elif mode == "bleached":
-        target = 0.4 * img + 0.6 * (_lum(img)[..., None] + rng.uniform(30, 70))
+        target = 0.4 * img + 0.6 * (luminance(img)[..., None] + rng.uniform(30, 70))
     else:
         perm = rng.permutation(3)
         if (perm == np.arange(3)).all():
@@ -107,7 +108,7 @@ def watermark(img, rng, size, center):
         d = blob_distance(h, w, c, _radii(rng, size * scale, 0.6), rng.uniform(0, np.pi), rng, roughness=0.3)
         ring = np.exp(-(((d - 1.0) / 0.05) ** 2)) * rng.uniform(0.35, 0.6)
         alpha = np.maximum(alpha, ring + smoothstep(1.0, 0.9, d) * 0.08)
-    if float(_lum(img).mean()) > 170:  # on light surfaces the tide line shows darker
+    if float(luminance(img).mean()) > 170:  # on light surfaces the tide line shows darker
         target = img * 0.72
     else:
         target = img * 0.55 + 0.45 * 235.0
@@ -162,11 +163,11 @@ def breakage(img, rng, size, center):
     relief = 1 + 0.9 * shade_from_height(-depth)
     cells = max(2.0, min(h, w) / max(size / 5, 1.0))
     rough = 1 + 0.18 * fbm(h, w, rng, cells=cells, octaves=2)
-    fracture = (0.5 * _lum(img)[..., None] + 0.5 * img) * rng.uniform(0.45, 0.75)
+    fracture = (0.5 * luminance(img)[..., None] + 0.5 * img) * rng.uniform(0.45, 0.75)
     fracture = fracture * (relief * rough)[..., None]
     comp = img * (1 - 0.85 * crack_a[..., None])
     comp = comp * (1 - chip[..., None]) + fracture * chip[..., None]
-    return np.clip(comp, 0, 255), _support(chip, crack_a)
+    return np.clip(comp, 0, 255), support_alpha(chip, crack_a)
 
 
 def missing(img, rng, size, center):

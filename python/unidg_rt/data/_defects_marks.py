@@ -17,24 +17,14 @@ from unidg_rt.data._noise import (
     blob_distance,
     gaussian_blur,
     interp_1d,
+    luminance,
     noise_1d,
     rotated_frame,
     sample_bilinear,
     smoothstep,
+    support_alpha,
     value_noise,
 )
-
-
-def _support(*alphas: np.ndarray, thr: float = 0.02) -> np.ndarray:
-    """0/1 alpha covering every pixel where any component is visible."""
-    mask = np.zeros(alphas[0].shape, bool)
-    for a in alphas:
-        mask |= a > thr
-    return mask.astype(np.float32)
-
-
-def _lum(img: np.ndarray) -> np.ndarray:
-    return img @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _tapered_line(
@@ -77,10 +67,10 @@ def graze(img, rng, size, center):
     lines = canvas.alpha()
     d = blob_distance(h, w, center, (size * 0.5, size * 0.25), angle, rng, roughness=0.4)
     haze = smoothstep(1.0, 0.3, d) * 0.25
-    if float(_lum(img).mean()) > 170:  # light surfaces: grazes show as grey rub marks
+    if float(luminance(img).mean()) > 170:  # light surfaces: grazes show as grey rub marks
         target = img * 0.55
     else:
-        target = img * 0.3 + 0.7 * np.clip(_lum(img)[..., None] + 90, 0, 250)
+        target = img * 0.3 + 0.7 * np.clip(luminance(img)[..., None] + 90, 0, 250)
     return target, np.maximum(lines * rng.uniform(0.75, 1.0), haze)
 
 
@@ -115,7 +105,7 @@ def abrasion(img, rng, size, center):
     alpha = smoothstep(1.0, 0.55, d) * patchy * rng.uniform(0.8, 1.0)
     flat = gaussian_blur(img, 2.5)
     # Worn surface: texture contrast flattened, lighter and greyer, covered in micro-scratches.
-    target = 0.35 * flat + 0.65 * _lum(flat).mean() + rng.uniform(25, 50)
+    target = 0.35 * flat + 0.65 * luminance(flat).mean() + rng.uniform(25, 50)
     for a in (angle, angle + rng.uniform(0.3, 1.2)):  # two families of micro-scratches
         _, v = rotated_frame(h, w, center, a)
         target += 20.0 * interp_1d(noise_1d(int(3 * size) + 8, rng), v + size * 1.5, 1.2)[..., None]
@@ -132,7 +122,7 @@ def scraped(img, rng, size, center):
     half_l = size / 2 * (1 + 0.15 * interp_1d(noise_1d(16, rng), v + size, max(size / 10, 1)))
     inside = smoothstep(0.8, -0.8, np.abs(v) - half_w) * smoothstep(1.5, -1.5, np.abs(u) - half_l)
     rim = smoothstep(-2.5, -0.5, np.abs(v) - half_w) * inside
-    substrate = 0.4 * _lum(img)[..., None] + 0.6 * rng.uniform(150, 225)
+    substrate = 0.4 * luminance(img)[..., None] + 0.6 * rng.uniform(150, 225)
     streaks = interp_1d(noise_1d(int(2 * size) + 8, rng), v + size, 1.3)
     target = 0.75 * substrate + 0.25 * img + 22.0 * streaks[..., None]
     target = target * (1 - 0.35 * rim[..., None])
@@ -170,7 +160,7 @@ def foreign_matter(img, rng, size, center):
     comp = img * (1 - shadow[..., None])
     obj3 = obj[..., None]
     comp = comp * (1 - obj3) + np.clip(color * (texture * light)[..., None], 0, 255) * obj3
-    return comp, _support(obj, shadow)
+    return comp, support_alpha(obj, shadow)
 
 
 def contamination(img, rng, size, center):
@@ -209,7 +199,7 @@ def burr(img, rng, size, center):
     gleam = rng.uniform(190, 245) + 25 * np.sin((xx - yy) / max(size / 6, 1.0))
     comp = img * (1 - a_shadow[..., None])
     comp = comp * (1 - a_spike[..., None]) + np.clip(gleam, 0, 255)[..., None] * a_spike[..., None]
-    return comp, _support(a_spike, a_shadow)
+    return comp, support_alpha(a_spike, a_shadow)
 
 
 def _has_print(lum: np.ndarray) -> bool:
@@ -231,7 +221,7 @@ def misprint(img, rng, size, center):
     box.rect(x0, y0, x0 + bw, y0 + bh)
     region = box.alpha()
     inside = region > 0.5
-    lum = _lum(img)
+    lum = luminance(img)
     printed = _has_print(lum[inside])  # existing print under the box?
     mode = rng.choice(["ghost", "missing", "stray"]) if printed else "stray"
     if mode == "ghost":  # misregistration: the print is doubled with an offset

@@ -183,5 +183,18 @@ def shade_from_height(height: np.ndarray, light_angle: float = -2.36) -> np.ndar
     return -(gx * float(np.cos(light_angle)) + gy * float(np.sin(light_angle)))
 
 
+def luminance(img: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma `[H, W]` of an `[H, W, 3]` image."""
+    return img @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def support_alpha(*alphas: np.ndarray, thr: float = 0.02) -> np.ndarray:
+    """0/1 alpha covering every pixel where any component is visible."""
+    mask = np.zeros(alphas[0].shape, bool)
+    for a in alphas:
+        mask |= a > thr
+    return mask.astype(np.float32)
+
+
 def to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)

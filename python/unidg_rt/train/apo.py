@@ -44,10 +44,10 @@ from unidg_rt.models.adapters import AdapterManager
 from unidg_rt.models.mmdit import FluxTransformer
 from unidg_rt.train.common import Checkpointer, LossLog, cosine_lr, load_checkpoint_state, set_lr, step_rng
 from unidg_rt.train.dataset import LatentSet
+from unidg_rt.train.flow import CategoryTable, FlowBatch, draw_indices, flow_batch, predict, weighted_mse
 from unidg_rt.train.mismatch import mismatch_batch, target_weights
 from unidg_rt.train.negatives import negative_pool, sample_losers
 from unidg_rt.train.recipe import APORecipe
-from unidg_rt.train.sft import CategoryTable, FlowBatch, draw_indices, flow_batch, predict, weighted_mse
 
 logger = logging.getLogger(__name__)
 ADAPTER = "apo"

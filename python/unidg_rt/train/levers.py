@@ -116,7 +116,7 @@ def heldout_losses(model, table, lat: LatentSet, recipe: SFTRecipe, seed: int, d
     """Flow loss on fixed batches of ``lat``: reference mode and text mode separately, full
     conditioning (the same draw every call, so the curve is comparable across steps and runs)."""
     from unidg_rt.train.common import step_rng
-    from unidg_rt.train.sft import batch_to, flow_batch, predict, weighted_mse
+    from unidg_rt.train.flow import batch_to, flow_batch, predict, weighted_mse
 
     out = {}
     for mode in modes:

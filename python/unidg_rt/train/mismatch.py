@@ -26,7 +26,7 @@ from unidg_rt.groups import TokenGroup
 from unidg_rt.runtime.backend import left_half_tokens, pack_latents
 from unidg_rt.sampling import scale_noise
 from unidg_rt.train.dataset import LatentSet
-from unidg_rt.train.sft import CategoryTable, FlowBatch
+from unidg_rt.train.flow import CategoryTable, FlowBatch
 
 
 def target_weights(batch: FlowBatch, lat: LatentSet) -> torch.Tensor:

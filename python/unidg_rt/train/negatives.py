@@ -21,7 +21,7 @@ from unidg_rt.models.mmdit import FluxTransformer
 from unidg_rt.runtime.backend import pack_latents
 from unidg_rt.sampling import euler_step, flux_sigmas
 from unidg_rt.train.dataset import LatentSet
-from unidg_rt.train.sft import CategoryTable, flow_batch
+from unidg_rt.train.flow import CategoryTable, flow_batch
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from unidg_rt.embeddings import normalize_category
+from unidg_rt.train.card import REFERENCE_ENCODER_FILE, card_defaults, sync_card_cutout
 from unidg_rt.train.common import environment, setup_torch, update_report
 from unidg_rt.train.dataset import (
     DiptychSet,
@@ -37,7 +38,6 @@ from unidg_rt.train.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 STAGES = ("vae", "sft", "refenc", "apo")
-REFERENCE_ENCODER_FILE = "reference_encoder.safetensors"
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -53,36 +53,6 @@ def arch_configs(recipe: Recipe):
             vcfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.vae.config.items()}
         )
     return tfn(), vcfg
-
-
-def card_defaults(recipe: Recipe, with_apo: bool, reference_cutout: bool = False) -> dict[str, Any]:
-    """The ``defaults`` of the model card (read by :class:`UniDGPipeline`); ``reference_cutout``:
-    the reference encoder's input convention (its config's ``cutout``)."""
-    s = recipe.ship
-    d: dict[str, Any] = {
-        "height": recipe.data.gen_size,
-        "width": recipe.data.gen_size,
-        "num_inference_steps": s.num_inference_steps,
-        "guidance_scale": s.guidance_scale,
-        "text_seq_len": recipe.data.text_seq_len,
-        "group_bias_lambda": recipe.sft.group_bias_lambda,
-        "feather": s.feather,
-        "crop": dict(recipe.data.crop),
-        "paste": s.paste,
-        "trained": True,
-        "description": (
-            "unidg-rt embedded default: tiny UniDG (FLUX-Fill-layout MM-DiT + FLUX-family VAE) trained "
-            f"from scratch on procedural defects by unidg_rt.train (seed {recipe.seed}); "
-            + ("Diversity-SFT + APO gated LoRA" if with_apo else "Diversity-SFT only")
-            + ". See train_report.json."
-        ),
-    }
-    if recipe.sft.ref_width > 0:
-        d["reference_encoder"] = {"file": REFERENCE_ENCODER_FILE, "cutout": bool(reference_cutout)}
-    if with_apo:
-        d["adapters"] = {"apo": {"file": "apo.safetensors", "strength": s.apo_strength}}
-        d["segments"] = s.segments
-    return d
 
 
 class Run:
@@ -250,7 +220,7 @@ class Run:
         summary = train_reference_encoder(table.encoder, table, bank, r.refenc, r.seed)
         after = bank_accuracy(table.encoder, held, rows)
         save_reference_encoder(self.path(REFERENCE_ENCODER_FILE), table.encoder)
-        _sync_card_cutout(self.path("model.safetensors"), table.encoder.config.cutout)
+        sync_card_cutout(self.path("model.safetensors"), table.encoder.config.cutout)
         self._record("refenc", {**summary, "wall_s": round(summary["wall_s"] + bank_s, 1),
                                 "bank_build_s": round(bank_s, 1), "bank_size": len(bank),
                                 "heldout_accuracy_sft_encoder": round(before, 4),
@@ -310,19 +280,6 @@ def apo_eval(model, mgr, lat, table, recipe: Recipe, n_batches: int = 6) -> dict
         on.append(float(err_theta.mean()))
         off.append(float(err_ref.mean()))
     return {"eval_err_sft": round(sum(off) / len(off), 5), "eval_err_sft_apo": round(sum(on) / len(on), 5)}
-
-
-def _sync_card_cutout(model_file: Path, cutout: bool) -> None:
-    """Keep an existing checkpoint's card in step with a refitted encoder's input convention."""
-    from unidg_rt.models.loading import read_card
-    from unidg_rt.train.ship import rewrite_card_defaults
-
-    card = read_card(model_file) if model_file.is_file() else None
-    entry = (card.defaults.get("reference_encoder") if card else None) or None
-    if entry is not None and bool(entry.get("cutout")) != bool(cutout):
-        rewrite_card_defaults(
-            model_file, {**card.defaults, "reference_encoder": {**entry, "cutout": bool(cutout)}}
-        )
 
 
 def _prompts(categories: list[str]) -> dict[str, str]:

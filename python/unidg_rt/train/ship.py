@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from unidg_rt.train.card import card_defaults, encoder_cutout, rewrite_card_defaults
 from unidg_rt.train.recipe import ShipRecipe
 
 logger = logging.getLogger(__name__)
@@ -29,33 +30,14 @@ def default_assets_dir() -> Path:
     return assets_dir() / "default"
 
 
-def rewrite_card_defaults(path: Path, defaults: dict[str, Any]) -> None:
-    """Replace the card ``defaults`` of a UniDG checkpoint in place (weights untouched): the
-    ship recipe (steps, CFG, segments) does not influence training, so it can change after it."""
-    from safetensors.torch import load_file, save_file
-
-    from unidg_rt.models.config import ModelCard
-    from unidg_rt.models.loading import METADATA_KEY, read_metadata
-
-    meta = dict(read_metadata(path))
-    card = ModelCard.from_json(meta[METADATA_KEY])
-    meta[METADATA_KEY] = ModelCard(card.transformer, card.vae, defaults, card.format).to_json()
-    tensors = load_file(str(path))
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
-
-
 def ship_assets(
     out: Path, dest: Path | None = None, max_bytes: int = MAX_ASSET_BYTES, recipe=None
 ) -> dict[str, int]:
     """Copy the run's shippable files into ``dest`` (default: the package's ``assets/default``);
     with ``recipe``, the model card's defaults are first refreshed from ``recipe.ship``."""
     if recipe is not None:
-        from unidg_rt.train.run import card_defaults
-
         enc_file = Path(out) / "reference_encoder.safetensors"
-        cutout = enc_file.is_file() and _encoder_cutout(enc_file)
+        cutout = enc_file.is_file() and encoder_cutout(enc_file)
         rewrite_card_defaults(Path(out) / "model.safetensors", card_defaults(recipe, True, cutout))
         report_path = Path(out) / "train_report.json"
         report = json.loads(report_path.read_text())
@@ -78,12 +60,6 @@ def ship_assets(
         sizes[name] = (dest / name).stat().st_size
     logger.info("shipped %s to %s (%.2f MB)", list(sizes), dest, sum(sizes.values()) / 1e6)
     return sizes
-
-
-def _encoder_cutout(path: Path) -> bool:
-    from unidg_rt.models.refenc import read_reference_encoder_config
-
-    return bool(read_reference_encoder_config(path).cutout)
 
 
 def sample_pair(recipe: ShipRecipe):
