@@ -2,7 +2,9 @@
 
     unidg-rt build export/out --builder tensorrt-rtx --target 8.9 --precision fp16 --out engines/plans
 
-Profiles come from the exporter's sidecar IOSpec (``--size-range`` picks one of its profiles) or
+``--profile NAME`` (``engines/profiles/NAME.toml``, e.g. ``rtx-ada``, ``h100``, ``jetson-orin``) supplies
+defaults for the builder, targets, precision and the other options; flags given explicitly win.
+Shape profiles come from the exporter's sidecar IOSpec (``--size-range`` picks one of its profiles) or
 ``--profiles file.json``. One failing component (e.g. the ``plugin`` form without its plugin)
 does not stop the others; the command exits with code 2 listing what failed and why.
 """
@@ -19,7 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unidg_rt.errors import InvalidInputError, UniDGError
+from unidg_rt.artifacts.profiles import BuildProfile, load_build_profile
+from unidg_rt.errors import ConfigError, InvalidInputError, UniDGError
 
 console = Console(stderr=True)
 
@@ -51,15 +54,30 @@ def find_onnx(onnx_dir: Path, precision: str, components: list[str]) -> list[Pat
     return chosen
 
 
+def _pick(flag, profile_value, default):
+    """An explicit flag wins over the profile, the profile over the command's default."""
+    if flag is not None and flag != []:
+        return flag
+    return profile_value if profile_value is not None else default
+
+
 def build(
     onnx_dir: Path = typer.Argument(..., help="folder of exported ONNX (`unidg-rt export`) or one .onnx"),
-    builder: str = typer.Option(
-        "tensorrt-rtx", help="tensorrt-rtx (AOT, no GPU needed) | tensorrt (on the GPU)"
+    profile: Optional[str] = typer.Option(
+        None,
+        "--profile",
+        help="build profile: a name in engines/profiles/ (rtx-ada, rtx-ampere, rtx-blackwell, rtx-portable, h100, "
+        "jetson-orin) or a .toml path; its builder, targets, precision… are defaults the flags below override",
+    ),
+    builder: Optional[str] = typer.Option(
+        None, help="tensorrt-rtx (AOT, no GPU needed; the default) | tensorrt (on the GPU)"
     ),
     target: list[str] = typer.Option(
         [], "--target", help="compute capability, repeatable (8.6, 8.9, 12.0); tensorrt: ampere+ or this GPU"
     ),
-    precision: str = typer.Option("fp16", help="fp32 | bf16 | fp16 | fp8 | int8 (must match the export)"),
+    precision: Optional[str] = typer.Option(
+        None, help="fp32 | bf16 | fp16 | fp8 | int8 (must match the export; default fp16)"
+    ),
     out: Path = typer.Option(Path("engines/plans"), "--out", help="plan folder"),
     component: list[str] = typer.Option(
         [], "--component", help="only these (transformer-fold, vae_decoder…)"
@@ -68,10 +86,16 @@ def build(
     profiles: Optional[Path] = typer.Option(None, help="JSON {component: {input: (min, opt, max) shapes}}"),
     timing_cache: Optional[Path] = typer.Option(None, help="timing cache file (no-op in TensorRT-RTX)"),
     workspace_gb: Optional[float] = typer.Option(None, help="builder workspace limit, GiB"),
-    refit: bool = typer.Option(False, help="refittable engine (BuilderFlag.REFIT, where present)"),
-    weight_streaming: bool = typer.Option(False, help="BuilderFlag.WEIGHT_STREAMING, where present"),
-    weakly_typed: bool = typer.Option(
-        False, help="full TensorRT: builder picks precisions from an fp32 ONNX"
+    refit: Optional[bool] = typer.Option(
+        None, "--refit/--no-refit", help="refittable engine (BuilderFlag.REFIT, where present; default off)"
+    ),
+    weight_streaming: Optional[bool] = typer.Option(
+        None, "--weight-streaming/--no-weight-streaming", help="BuilderFlag.WEIGHT_STREAMING, where present"
+    ),
+    weakly_typed: Optional[bool] = typer.Option(
+        None,
+        "--weakly-typed/--no-weakly-typed",
+        help="full TensorRT: builder picks precisions from an fp32 ONNX",
     ),
     opt_level: Optional[int] = typer.Option(None, help="builder optimization level (0-5)"),
     json_out: bool = typer.Option(False, "--json", help="print the manifests as JSON on stdout"),
@@ -81,9 +105,33 @@ def build(
     from unidg_rt.engines.inputs import component_from_path
     from unidg_rt.engines.manifest import normalize_builder, normalize_precision
 
-    precision = normalize_precision(precision)
-    builder = normalize_builder(builder)
-    files = find_onnx(onnx_dir, precision, list(component))
+    prof = load_build_profile(profile) if profile is not None else BuildProfile("", Path())
+    if profile is not None:
+        console.print(f"build profile {prof.name} ({prof.path}): {prof.description}")
+    try:
+        precision = normalize_precision(_pick(precision, prof.precision, "fp16"))
+        builder = normalize_builder(_pick(builder, prof.builder, "tensorrt-rtx"))
+    except ConfigError as exc:
+        if profile is None:
+            raise
+        raise ConfigError(f"{exc} (build profile {prof.path})") from exc
+    target = list(_pick(target, prof.targets, []))
+    component = list(_pick(component, prof.components, []))
+    size_range = _pick(size_range, prof.size_range, None)
+    timing_cache = _pick(timing_cache, prof.timing_cache, None)
+    workspace_gb = _pick(workspace_gb, prof.workspace_gb, None)
+    opt_level = _pick(opt_level, prof.opt_level, None)
+    refit = _pick(refit, prof.refit, False)
+    weight_streaming = _pick(weight_streaming, prof.weight_streaming, False)
+    weakly_typed = _pick(weakly_typed, prof.weakly_typed, False)
+    try:
+        files = find_onnx(onnx_dir, precision, component)
+    except InvalidInputError as exc:
+        if not prof.export_profile:
+            raise
+        raise InvalidInputError(
+            f"{exc} (profile {prof.name} expects `unidg-rt export --profile {prof.export_profile}`)"
+        ) from exc
     overrides = json.loads(profiles.read_text()) if profiles else {}
     results, failures = [], []
     for f in files:

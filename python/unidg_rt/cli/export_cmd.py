@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unidg_rt.errors import InvalidInputError
+from unidg_rt.artifacts.profiles import ExportProfile, load_export_profile
+from unidg_rt.errors import ConfigError, InvalidInputError
 
 console = Console(stderr=True)
 
@@ -40,20 +41,60 @@ def parse_lora(value: str) -> tuple[Path, str, float]:
     return Path(path), name or Path(path).stem, strength
 
 
+def export_ranges(profile: ExportProfile, weights: Optional[Path]) -> dict | None:
+    """The profile's ``[ranges.NAME]`` as ``GenerationRange`` records; a range's missing ``sides`` /
+    ``text`` / ``batch`` follow the checkpoint (as ``export_pipeline`` does without ranges)."""
+    from unidg_rt.export.spec import GenerationRange
+
+    if not profile.ranges:
+        return None
+    side, text_len = 512, 512  # export_pipeline's fallbacks for a checkpoint without a card
+    if any(r.sides is None or r.text is None for r in profile.ranges.values()):
+        from unidg_rt.artifacts.assets import default_model_path
+        from unidg_rt.models.loading import read_card
+
+        path = weights if weights is not None else default_model_path()
+        card = read_card(path) if path.is_file() else None
+        defaults = dict(card.defaults) if card is not None else {}
+        side, text_len = int(defaults.get("height", side)), int(defaults.get("text_seq_len", text_len))
+    around = GenerationRange.around(side, text_len)
+    ranges = {}
+    for name, r in profile.ranges.items():
+        try:
+            ranges[name] = GenerationRange(
+                sides=r.sides or around.sides, text=r.text or around.text, batch=r.batch or around.batch
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"profile {profile.path}: ranges.{name}: {exc}") from exc
+    return ranges
+
+
 def export(
     weights: Optional[Path] = typer.Option(
         None, help="UniDG checkpoint or diffusers folder (default: embedded model)"
     ),
     out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="output folder (default: export/out/<name>)"
+        None,
+        "--out",
+        "-o",
+        help="output folder (default: export/out/<name>, with --profile export/out/<name>-<profile>)",
     ),
-    forms: str = typer.Option(
-        "fold", help="attention forms, comma-separated: decomposed,fold,attention_op,plugin"
+    profile: Optional[str] = typer.Option(
+        None,
+        "--profile",
+        help="export profile: a name in export/profiles/ (jetson-orin, rtx-ada, h100, flux-fill) or a .toml path; "
+        "its shapes, forms and precision are defaults that the flags below override",
     ),
-    precision: str = typer.Option("fp32", help="fp32 / fp16 / bf16 (I/O stays float32)"),
-    components: str = typer.Option(
-        "transformer,vae_encoder,vae_decoder,reference_encoder",
-        help="components, comma-separated (reference_encoder: only where the checkpoint has one)",
+    forms: Optional[str] = typer.Option(
+        None, help="attention forms, comma-separated: decomposed,fold,attention_op,plugin (default: fold)"
+    ),
+    precision: Optional[str] = typer.Option(
+        None, help="fp32 / fp16 / bf16 (I/O stays float32; default fp32)"
+    ),
+    components: Optional[str] = typer.Option(
+        None,
+        help="components, comma-separated (default: transformer,vae_encoder,vae_decoder,reference_encoder; "
+        "reference_encoder only where the checkpoint has one)",
     ),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default per form: 18, attention_op 23)"),
     external_data: Optional[bool] = typer.Option(
@@ -66,18 +107,32 @@ def export(
         "--lora",
         help="extra LoRA to carry in the transformer graph, [NAME=]PATH[@SCALE] (repeatable); "
         "the card's adapters are always carried",
-    ),  # fmt: skip
+    ),
 ) -> None:
     """Export a checkpoint to ONNX for the onnxruntime backend and engine builds."""
-    from unidg_rt.export.pipeline import export_pipeline
+    from unidg_rt.export.pipeline import PIPELINE_COMPONENTS, export_pipeline
 
+    prof = load_export_profile(profile) if profile is not None else ExportProfile("", Path())
     name = (weights.stem if weights.is_file() else weights.name) if weights is not None else "default"
-    out_dir = out or Path("export/out") / name
+    out_dir = out or Path("export/out") / (f"{name}-{prof.name}" if profile is not None else name)
+    if profile is not None:
+        console.print(f"export profile {prof.name} ({prof.path}): {prof.description}")
+    parts = (
+        _split(components, "components") if components is not None else prof.components or PIPELINE_COMPONENTS
+    )
     t0 = time.perf_counter()
     manifest = export_pipeline(
-        weights, out_dir, forms=_split(forms, "forms"), precision=precision, components=_split(components, "components"),
-        opset=opset, external_data=external_data, force=force, loras=[parse_lora(v) for v in lora],
-    )  # fmt: skip
+        weights,
+        out_dir,
+        forms=_split(forms, "forms") if forms is not None else (prof.forms or ("fold",)),
+        precision=precision or prof.precision or "fp32",
+        components=parts,
+        opset=opset if opset is not None else prof.opset,
+        ranges=export_ranges(prof, weights),
+        external_data=external_data if external_data is not None else prof.external_data,
+        force=force,
+        loras=[parse_lora(v) for v in lora],
+    )
     elapsed = time.perf_counter() - t0
     if as_json:
         typer.echo(json.dumps(manifest, indent=2, default=str))
