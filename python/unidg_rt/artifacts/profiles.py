@@ -81,7 +81,8 @@ def available(stage: str) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
-def _looks_like_path(value: str, suffix: str) -> bool:
+def looks_like_path(value: str, suffix: str) -> bool:
+    """``value`` is meant as a file (has the suffix or a folder part), not a name."""
     return value.endswith(suffix) or "/" in value or os.sep in value or value.startswith(".")
 
 
@@ -91,7 +92,7 @@ def find(stage: str, name_or_path: str | Path, *, what: str = "profile") -> Path
     the names found, the folders searched and what to do."""
     suffix = STAGE_FILES.get(stage, ("", ""))[1]
     value = str(name_or_path)
-    if isinstance(name_or_path, Path) or _looks_like_path(value, suffix):
+    if isinstance(name_or_path, Path) or looks_like_path(value, suffix):
         path = Path(value)
         if not path.is_file():
             raise ConfigError(
@@ -147,7 +148,7 @@ class _Reader:
         value = self.table.get(key, default)
         if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise self.fail(key, f"= {value!r} must be a {names}")
+            raise self.fail(key, f"= {value!r} must be of type {names}")
         return value
 
     def choice(self, key: str, choices: tuple[str, ...]) -> str | None:
