@@ -12,23 +12,23 @@
 - ``plugin``: one ``unidg::GroupBiasAttention(q, k, v, token_groups, group_bias)`` node per layer
   for a TensorRT plugin; not runnable on ONNX Runtime (structure-tested only).
 
-The forms are switched by :func:`attention_form` — a context manager that reroutes
-``unidg_rt.models.layers.attention`` (the one call site, ``FluxAttention.forward``) for the
-duration of an export. The model code and its numerics stay untouched. Not thread-safe: one
-export at a time per process.
+The three graph-only forms register themselves into the attention-form registry of
+:mod:`unidg_rt.models.attention` when this module is imported; ``fold`` is the torch form of
+the same name (one entry: the graph is the torch fold traced). An export selects its form with
+:func:`attention_form` — the registry's context manager, re-exported here — so every
+``FluxAttention`` of the traced model runs that form; the model code and its numerics stay
+untouched, and the selection is per thread (no module global is swapped).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import threading
 
 import torch
 
-from unidg_rt.models import layers
-from unidg_rt.models.attention import folded_attention, group_bias_mask, reference_attention
+from unidg_rt.models.attention import attention_form as attention_form  # re-exported: export.onnx uses it
+from unidg_rt.models.attention import group_bias_mask, reference_attention, register_form
 from unidg_rt.vocab import GRAPH_FORMS
 from unidg_rt.vocab import ORT_FORMS as ORT_RUNNABLE_FORMS  # noqa: F401 - re-exported
 
@@ -41,8 +41,6 @@ DEFAULT_OPSET = {"decomposed": 18, "fold": 18, "attention_op": 23, "plugin": 18}
 PLUGIN_DOMAIN = "unidg"
 PLUGIN_OP = "GroupBiasAttention"
 PLUGIN_VERSION = 1
-
-_lock = threading.Lock()
 
 
 def decomposed_attention(q, k, v, token_groups, group_bias) -> torch.Tensor:
@@ -68,7 +66,8 @@ def _(q, k, v, token_groups, group_bias):
     return torch.empty_like(q)
 
 
-def _plugin_attention(q, k, v, token_groups, group_bias) -> torch.Tensor:
+def plugin_attention(q, k, v, token_groups, group_bias) -> torch.Tensor:
+    """The ``plugin`` form: one opaque :func:`group_bias_attention` call per layer."""
     return group_bias_attention(q, k, v, token_groups, group_bias.to(q.dtype))
 
 
@@ -117,31 +116,7 @@ def plugin_translation_table(head_dim: int) -> dict:
     return {torch.ops.unidg.group_bias_attention.default: group_bias_attention_onnx}
 
 
-# ---------------------------------------------------------------------- switching forms
-_FORM_FUNCTIONS = {
-    "decomposed": decomposed_attention,
-    "fold": folded_attention,
-    "attention_op": reference_attention,  # SDPA + additive mask → ONNX Attention at opset >= 23
-    "plugin": _plugin_attention,
-}
-
-
-@contextlib.contextmanager
-def attention_form(form: str):
-    """Route every ``FluxAttention`` through ``form``'s attention function while exporting."""
-    if form not in _FORM_FUNCTIONS:
-        raise ValueError(f"attention_form={form!r} unknown; choose one of {EXPORT_FORMS}")
-    fn = _FORM_FUNCTIONS[form]
-
-    def routed(q, k, v, token_groups=None, group_bias=None, form=None):
-        if token_groups is None or group_bias is None:
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        return fn(q, k, v, token_groups, group_bias)
-
-    with _lock:
-        original = layers.attention
-        layers.attention = routed
-        try:
-            yield
-        finally:
-            layers.attention = original
+# ---------------------------------------------------------------------- the graph forms
+register_form("decomposed", decomposed_attention)
+register_form("attention_op", reference_attention)  # SDPA + additive mask → ONNX Attention at opset >= 23
+register_form("plugin", plugin_attention)

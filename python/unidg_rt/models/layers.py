@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unidg_rt.models.attention import attention
+from unidg_rt.models.attention import attention, selected_form
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -161,8 +161,9 @@ class FluxAttention(nn.Module):
             self.add_k_proj = nn.Linear(dim, inner)
             self.add_v_proj = nn.Linear(dim, inner)
             self.to_add_out = nn.Linear(inner, dim)
-        self.form = "reference"  # attention form, set by FluxTransformer.set_attention_form
-        self.fused_ops = False  # Triton RMSNorm+RoPE (GPU fast path), set by runtime.optimize
+        # per-model settings, set through FluxTransformer.set_attention_form / set_fused_ops:
+        self.form = "reference"  # registry name (models.attention); attention_form() overrides it
+        self.fused_ops = False  # one Triton RMSNorm+RoPE kernel instead of RMSNorm then apply_rope
 
     def _heads(self, x):
         return x.unflatten(-1, (-1, self.head_dim))  # [B, N, C] -> [B, N, H, D]
@@ -219,7 +220,7 @@ class FluxAttention(nn.Module):
             ck = self._norm_rope(ck, self.norm_added_k, rope, 0, n_txt)
             q, k, v = torch.cat([cq, q], dim=1), torch.cat([ck, k], dim=1), torch.cat([cv, v], dim=1)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, N, H, D] -> [B, H, N, D]
-        out = attention(q, k, v, token_groups, group_bias, form=self.form)
+        out = attention(q, k, v, token_groups, group_bias, form=selected_form(self.form))
         out = out.transpose(1, 2).flatten(2, 3).to(q.dtype)  # [B, H, N, D] -> [B, N, C]
         if context is None:
             return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unidg_rt.errors import ConfigError
 from unidg_rt.models.attention import ATTENTION_FORMS
 from unidg_rt.models.config import FluxConfig
 from unidg_rt.models.layers import (
@@ -100,11 +101,22 @@ class FluxTransformer(nn.Module):
 
     # ----------------------------------------------------------------- configuration
     def set_attention_form(self, form: str) -> None:
+        """Run every attention layer through torch form ``form`` (``vocab.TORCH_FORMS``; looked up
+        in :mod:`unidg_rt.models.attention`'s registry). ``attention_form(name)`` overrides it
+        for the calls inside its block (the exporter's graph forms)."""
         if form not in ATTENTION_FORMS:
-            raise ValueError(f"attention form {form!r} unknown; choose one of {ATTENTION_FORMS}")
+            raise ConfigError(f"form={form!r}: unknown torch attention form; choose one of {ATTENTION_FORMS}")
         for m in self.modules():
             if isinstance(m, FluxAttention):
                 m.form = form
+
+    def set_fused_ops(self, enabled: bool = True) -> None:
+        """Compute RMSNorm+RoPE of q/k with ``kernels.fused_ops.rmsnorm_rope`` (one Triton kernel
+        on CUDA, its torch reference elsewhere) instead of ``RMSNorm`` then ``apply_rope``: equal
+        to within fp rounding, not bitwise. Off by default; ``runtime.optimize`` turns it on for CUDA."""
+        for m in self.modules():
+            if isinstance(m, FluxAttention):
+                m.fused_ops = bool(enabled)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -177,9 +177,7 @@ def optimize_transformer(model: FluxTransformer, cfg: FastPathConfig = FastPathC
     if cfg.fuse_qkv:
         report["fused_qkv"] = fuse_qkv(model)
     if cfg.fused_ops and cuda:
-        for m in model.modules():
-            if isinstance(m, FluxAttention):
-                m.fused_ops = True
+        model.set_fused_ops(True)
         report["fused_ops"] = True
     form = cfg.attention_form or ("triton" if cuda else None)
     if form:
