@@ -44,11 +44,9 @@ FLOORS: dict[str, int] = {
     # floor 4 — the runtime; settings are the runtime's deployment settings (read by
     # runtime.session, the one settings -> pipeline; they import only errors)
     "unidg_rt.runtime": 4, "unidg_rt.settings": 4,
-    # floor 5 — applications. quant/report.py (the precision-vs-fp32 report of `eval --compare`)
-    # runs pipelines through the evaluator: an application that lives beside quant by name
-    # (issue 16: move it into evaluation/ when that package is free)
+    # floor 5 — applications
     "unidg_rt.jobs": 5, "unidg_rt.evaluation": 5, "unidg_rt.train": 5, "unidg_rt.benchmark": 5,
-    "unidg_rt.cli": 5, "unidg_rt.__main__": 5, "unidg_rt.quant.report": 5,
+    "unidg_rt.cli": 5, "unidg_rt.__main__": 5,
 }  # fmt: skip
 
 #: arrows forbidden although they point down or sideways: (importer prefix, imported prefix, why)

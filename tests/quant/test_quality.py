@@ -1,5 +1,6 @@
 """INT8/FP8 Q/DQ graphs run in the pipeline on ORT CPU and stay within the stated quality
-thresholds against fp32 (same cases, same seeds); the SSIM/PSNR helpers; the CLI."""
+thresholds against fp32 (same cases, same seeds); the CLI. The report's SSIM/PSNR helpers:
+tests/evaluation/test_precision_report.py."""
 
 from __future__ import annotations
 
@@ -8,18 +9,14 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from unidg_rt.quant.report import (  # noqa: E402
+from unidg_rt.evaluation.precision_report import (  # noqa: E402
     THRESHOLDS,
     compare_precisions,
-    cosine,
-    masked_psnr,
-    masked_ssim,
     report_markdown,
-    ssim_map,
 )
 from unidg_rt.runtime.pipeline import UniDGPipeline  # noqa: E402
 
-#: the README's pass thresholds (quant.report.THRESHOLDS)
+#: the README's pass thresholds (evaluation.precision_report.THRESHOLDS)
 EXPECTED = {"latent_cosine_min": 0.98, "psnr_mask_db": 25.0, "ssim_mask": 0.90, "agreement": 0.8}
 #: regression bounds for this random tiny checkpoint, well inside what was measured on ORT CPU
 #: (3 cases, 3 steps; INT8 / FP8): worst latent cosine 0.99997 / 0.99996, worst velocity cosine
@@ -77,30 +74,6 @@ def test_quality_within_thresholds(report, quantized, request):
     assert report.to_dict()["precisions"]["int8"]["passes"]
     if "fp8" not in quantized.precisions:  # INT8 checked above; FP8 skips with ModelOpt's reason
         request.getfixturevalue("needs_modelopt")
-
-
-def test_metric_helpers():
-    rng = np.random.default_rng(0)
-    a = rng.random((24, 20, 3))
-    mask = np.zeros((24, 20), bool)
-    mask[5:15, 4:12] = True
-    assert masked_ssim(a, a, mask) == pytest.approx(1.0)
-    assert masked_psnr(a, a, mask) == 100.0
-    b = a.copy()
-    b[~mask] = 0  # outside the mask does not count for PSNR
-    assert masked_psnr(a, b, mask) == 100.0
-    noisy = [np.clip(a + rng.normal(0, s, a.shape), 0, 1) for s in (0.01, 0.05, 0.2)]
-    ssims = [masked_ssim(a, n, mask) for n in noisy]
-    psnrs = [masked_psnr(a, n, mask) for n in noisy]
-    assert ssims == sorted(ssims, reverse=True) and psnrs == sorted(psnrs, reverse=True)
-    assert masked_ssim(a, noisy[1], mask) == pytest.approx(masked_ssim(noisy[1], a, mask))
-    # constant images: SSIM = luminance term (2xy + C1) / (x² + y² + C1)
-    x, y, c1 = 0.3, 0.6, 0.01**2
-    assert ssim_map(np.full((9, 9), x), np.full((9, 9), y)).mean() == pytest.approx(
-        (2 * x * y + c1) / (x * x + y * y + c1)
-    )
-    assert masked_psnr(np.zeros((4, 4)), np.full((4, 4), 0.1), np.ones((4, 4), bool)) == pytest.approx(20.0)
-    assert cosine(a, 2 * a) == pytest.approx(1.0) and cosine(a, -a) == pytest.approx(-1.0)
 
 
 def test_cli_quantize_and_eval_compare(calibrated, tmp_path):

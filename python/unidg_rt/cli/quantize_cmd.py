@@ -112,7 +112,7 @@ def eval_compare(
 ) -> None:
     """``unidg-rt eval --compare ONNX_DIR``: each precision vs fp32 on the held-out set."""
     from unidg_rt.cli.common import atomic_write_bytes, atomic_write_json
-    from unidg_rt.quant.report import compare_precisions, report_markdown
+    from unidg_rt.evaluation.precision_report import compare_precisions, report_markdown
     from unidg_rt.settings import load_settings
 
     names = _split(precisions)

@@ -26,13 +26,7 @@ from unidg_rt.evaluation.classifier import (
     load_or_train,
     train_classifier,
 )
-from unidg_rt.evaluation.evaluator import (
-    EvalReport,
-    Variant,
-    default_variants,
-    evaluate,
-    report_markdown,
-)
+from unidg_rt.evaluation.evaluator import evaluate
 from unidg_rt.evaluation.features import FEATURE_NAMES, defect_features
 from unidg_rt.evaluation.grid import grid_size, save_examples_grid
 from unidg_rt.evaluation.metrics import (
@@ -45,6 +39,8 @@ from unidg_rt.evaluation.metrics import (
     presence_rate,
     presence_score,
 )
+from unidg_rt.evaluation.report import EvalReport, report_markdown
+from unidg_rt.evaluation.variants import Variant, default_variants
 
 __all__ = [
     "CLASSIFIER_TEST_SEED",

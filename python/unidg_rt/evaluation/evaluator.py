@@ -14,13 +14,11 @@ colour (what the classifier "recognises" from the mask geometry alone).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,8 @@ from unidg_rt.evaluation import metrics as M
 from unidg_rt.evaluation.cases import EvalCase, flat_fill, paste_like_pipeline
 from unidg_rt.evaluation.classifier import DefectClassifier, load_or_train
 from unidg_rt.evaluation.features import defect_features
+from unidg_rt.evaluation.report import EvalReport
+from unidg_rt.evaluation.variants import Variant, adapter_strengths, apply_adapter_scales, default_variants
 
 logger = logging.getLogger(__name__)
 
@@ -42,92 +42,6 @@ DIRECTIONS = {
     "presence_mean": "info", "presence_rate": True, "background_max_error": None,
     "consistency": True, "diversity": True, "fd": False,
 }  # fmt: skip
-
-
-@dataclass
-class Variant:
-    """One column of the comparison. ``pipeline`` None = the pipeline given to :func:`evaluate`;
-    ``call_kwargs`` are added to every call (``segments``, ``guidance_scale``, ``height``…);
-    ``adapter_scales`` (any backend with adapters) are set before every call, None = leave them alone."""
-
-    name: str
-    pipeline: Any = None
-    call_kwargs: dict[str, Any] = field(default_factory=dict)
-    adapter_scales: dict[str, float] | None = None
-    note: str = ""
-
-
-def adapter_strengths(pipeline) -> dict[str, float] | None:
-    """Current strength of every LoRA adapter (loaded on torch, carried in an ONNX graph / plan);
-    None when the backend has no adapters."""
-    backend = getattr(pipeline, "backend", None)
-    if backend is not None and getattr(backend, "adapter_scales", None):  # ORT / TensorRT graphs
-        return backend.adapter_scales.get()
-    if backend is None or not hasattr(backend, "adapters"):
-        return None
-    return {name: float(ad.strength) for name, ad in backend.adapters.adapters.items()}
-
-
-def default_variants(pipeline) -> list[Variant]:
-    """``SFT``: every adapter at strength 0 (the base model after Diversity-SFT); ``SFT+APO``: the
-    checkpoint's adapters at their default strengths. Both sample with the checkpoint's default
-    hierarchical ``segments`` (``defaults["segments"]``: guidance / CFG per segment), with every
-    adapter strength in them set to 0 for ``SFT``, so the columns differ only by the adapters."""
-    strengths = adapter_strengths(pipeline) or {}
-    spec = pipeline.defaults.get("adapters") or {}
-    apo = {n: float((spec.get(n) or {}).get("strength", s)) for n, s in strengths.items()}
-    off = {n: 0.0 for n in strengths}
-    segments = pipeline.defaults.get("segments") or []
-    sft_segments = [{**seg, "adapter_scales": dict(off)} for seg in segments]
-    seg_note = ", default segments" if segments else ", no segments"
-    sft_note = ("adapters off" if strengths else "no adapters loaded") + seg_note
-    apo_note = (f"adapters {apo}" if apo else "no APO adapter loaded: identical to SFT") + seg_note
-    return [
-        Variant("SFT", call_kwargs={"segments": sft_segments}, adapter_scales=off, note=sft_note),
-        Variant("SFT+APO", call_kwargs={"segments": segments}, adapter_scales=apo, note=apo_note),
-    ]  # fmt: skip
-
-
-@dataclass
-class EvalReport:
-    """Everything :func:`evaluate` measured. ``variants`` / ``baselines``: name → metrics;
-    ``comparison``: per metric, how the last variant compares with the first."""
-
-    settings: dict[str, Any]
-    variants: dict[str, dict[str, Any]]
-    baselines: dict[str, dict[str, Any]]
-    classifier: dict[str, Any]
-    comparison: dict[str, Any]
-    cases: list[dict[str, Any]]
-    per_image: dict[str, list[dict[str, Any]]]
-    wall_s: float
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(self.__dict__)
-
-    def save_json(self, path: str | Path) -> Path:
-        return save_report_json(self.to_dict(), path)
-
-
-def save_report_json(data: dict[str, Any], path: str | Path) -> Path:
-    """Write a report dict as sorted, indented JSON (shared by eval and precision reports)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else round(float(x), 6)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 # ---------------------------------------------------------------------- scoring helpers
@@ -170,18 +84,6 @@ def _summarise(rows: list[dict], cases: Sequence[EvalCase], clf, ref_embed, thre
     feats = np.stack([r["_feats"] for r in rows])
     out["fd"] = M.frechet_distance_features(clf.embed(feats), ref_embed) if len(rows) >= 2 else float("nan")
     return out
-
-
-def apply_adapter_scales(pipe, scales: dict[str, float] | None) -> None:
-    """Set LoRA strengths on ``pipe`` (any backend with adapters); ``None`` (or ``{}`` without adapters) = no-op."""
-    if scales is None or (not scales and adapter_strengths(pipe) is None):
-        return
-    if adapter_strengths(pipe) is None:
-        raise InvalidInputError(
-            f"variant sets adapter strengths {scales} but this pipeline's backend has no LoRA adapters; "
-            "export the model with its adapters (`unidg-rt export` carries the card's) or pass adapter_scales=None"
-        )
-    pipe.backend.set_adapter_scales(scales)
 
 
 def _compare(variants: dict[str, dict], per_image: dict[str, list[dict]]) -> dict[str, Any]:
@@ -408,60 +310,3 @@ def _notes(results: dict, baselines: dict, clf: DefectClassifier) -> list[str]:
         notes.append(f"classifier held-out accuracy {clf.accuracy:.2f} on real defects at the generation size "
                      f"(chance {clf.meta.get('chance', 0):.2f}): consistency cannot exceed roughly this")  # fmt: skip
     return notes
-
-
-def report_markdown(report: EvalReport) -> str:
-    """The side-by-side table as GitHub markdown (for the README)."""
-    cols = {**report.variants, "real (reference)": report.baselines["real"],
-            "flat fill (reference)": report.baselines["flat_fill"]}  # fmt: skip
-    rows = [
-        ("defect presence: mean abs diff in mask", "presence_mean", "{:.3f}"),
-        (f"defect presence: rate > {report.settings['presence_threshold']}", "presence_rate", "{:.0%}"),
-        ("background max error outside paste alpha (levels)", "background_max_error", "{:.0f}"),
-        ("category consistency (classifier top-1)", "consistency", "{:.0%}"),
-        *[(f"— {mode} mode", ("consistency_by_mode", mode), "{:.0%}") for mode in report.settings["modes"]],
-        ("diversity across seeds (mean pairwise abs diff in mask)", "diversity", "{:.3f}"),
-        ("Fréchet distance to real defects (lower is better)", "fd", "{:.2f}"),
-        ("seconds per image", "s_per_image", "{:.2f}"),
-    ]
-    head = "| metric | " + " | ".join(cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 1)]
-    for label, key, fmt in rows:
-        cells = []
-        for m in cols.values():
-            v = m.get(key) if isinstance(key, str) else (m.get(key[0]) or {}).get(key[1])
-            cells.append(
-                "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
-            )
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    s = report.settings
-    lines.append("")
-    lines.append(
-        f"{s['num_cases']} held-out cases (seeds {s['case_seeds'][0]}–{s['case_seeds'][1]}, modes "
-        f"{', '.join(s['modes'])}), {s['num_seeds']} seeds each, {s['num_inference_steps']} steps, generation "
-        f"{s['generation_size'][0]}×{s['generation_size'][1]}; classifier held-out accuracy "
-        f"{report.classifier.get('test_accuracy') or float('nan'):.0%} (chance {report.classifier.get('chance') or 0:.0%})."
-    )
-    return "\n".join(lines + ["", *_category_markdown(report, cols)]) + "\n"
-
-
-def _category_markdown(report: EvalReport, cols: dict[str, dict]) -> list[str]:
-    """Per-category consistency of every column, and the share of all results the classifier
-    gives each category (of the last model variant): which categories work, and what the model
-    paints instead."""
-    last = list(report.variants)[-1]
-    share = report.variants[last].get("predicted_share") or {}
-    cats = report.settings["categories"]
-    lines = [
-        f"| category | {' | '.join(cols)} | share of {last} results read as it |",
-        "|" + "---|" * (len(cols) + 2),
-    ]
-    for c in cats:
-        cells = [
-            "–"
-            if (m.get("consistency_by_category") or {}).get(c) is None
-            else f"{m['consistency_by_category'][c]:.0%}"
-            for m in cols.values()
-        ]
-        lines.append(f"| {c} | " + " | ".join(cells) + f" | {share.get(c, 0.0):.0%} |")
-    return lines

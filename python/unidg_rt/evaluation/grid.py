@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from unidg_rt.errors import InvalidInputError
 from unidg_rt.evaluation.cases import EvalCase, build_eval_set, default_categories
-from unidg_rt.evaluation.evaluator import Variant, adapter_strengths, apply_adapter_scales, default_variants
+from unidg_rt.evaluation.variants import Variant, adapter_strengths, apply_adapter_scales, default_variants
 
 logger = logging.getLogger(__name__)
 

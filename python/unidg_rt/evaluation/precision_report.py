@@ -27,6 +27,9 @@ import numpy as np
 
 from unidg_rt.artifacts.io import atomic_write_json, jsonable
 from unidg_rt.errors import InvalidInputError
+from unidg_rt.evaluation.cases import build_eval_set, default_categories
+from unidg_rt.evaluation.evaluator import evaluate
+from unidg_rt.evaluation.variants import Variant
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +232,6 @@ def compare_precisions(
     """Run ``baseline`` and every precision of ``onnx_dir`` on the same held-out cases and seeds;
     score them paired against the baseline. ``cases``: :class:`~unidg_rt.evaluation.EvalCase` list
     (default: ``build_eval_set(num_cases, categories, modes, size)``)."""
-    from unidg_rt.evaluation import Variant, build_eval_set, default_categories, evaluate
     from unidg_rt.runtime.pipeline import UniDGPipeline
 
     t0 = time.perf_counter()
