@@ -35,8 +35,8 @@ FLOORS: dict[str, int] = {
     # floor 1 — pure math and geometry. data/ (procedural surfaces and defects, image readers;
     # numpy/PIL, imports only errors) sits here, not on floor 5 as DESIGN §2 lists it: quant
     # calibration (floor 3) builds its default cases from it (load_image, make_reference_pair)
-    "unidg_rt.sampling": 1, "unidg_rt.crops": 1, "unidg_rt.diptych": 1, "unidg_rt.groups": 1,
-    "unidg_rt.embeddings": 1, "unidg_rt.data": 1,
+    "unidg_rt.sampling": 1, "unidg_rt.pixels": 1, "unidg_rt.crops": 1, "unidg_rt.diptych": 1,
+    "unidg_rt.groups": 1, "unidg_rt.embeddings": 1, "unidg_rt.data": 1,
     # floor 2 — models and kernels (torch)
     "unidg_rt.models": 2, "unidg_rt.kernels": 2,
     # floor 3 — producers of artifacts (never import the runtime)
