@@ -12,7 +12,11 @@ console = Console(stderr=True)
 
 
 def calibrate(
-    manifest: Path = typer.Option(Path("calibration/default.json"), help="calibration manifest JSON"),
+    manifest: str = typer.Option(
+        "default",
+        help="calibration manifest: a name in calibration/ (default: calibration/default.json, the bundled "
+        "sample + procedural held-out cases) or a .json path",
+    ),
     out: Path = typer.Option(Path("calibration/out"), help="output folder for *.npz"),
     weights: Optional[Path] = typer.Option(None, help="checkpoint (default: embedded model)"),
 ) -> None:
@@ -20,8 +24,11 @@ def calibrate(
     from unidg_rt.quant.calibration import capture, load_manifest
     from unidg_rt.runtime.pipeline import UniDGPipeline
 
+    cases = load_manifest(manifest)  # before loading the model: a wrong name fails fast
+    listed, drawn = len(cases["cases"]), cases["num_cases"]
+    console.print(f"calibration manifest {cases['_path']}: {listed} listed + {drawn} procedural cases")
     pipe = UniDGPipeline.from_pretrained(weights)
-    paths = capture(pipe, load_manifest(manifest), out)
+    paths = capture(pipe, cases, out)
     for name, p in paths.items():
         console.print(f"[green]wrote[/] {p} ({name})")
 

@@ -1,10 +1,14 @@
 """Calibration capture (issue 7): run the real pipeline on a manifest of cases and record the
 exact transformer / VAE inputs at chosen step indices into ``.npz`` files keyed by input name.
 
-Manifest (JSON): ``seed``, ``num_cases``, ``categories``, ``image_size``, ``text_mode_fraction``,
-``num_inference_steps``, ``capture_steps`` and optional explicit ``cases`` — each a dict with
-``image``, ``mask`` paths and either ``reference`` + ``reference_mask`` or ``category`` (users
-point it at their own images). Without explicit cases, procedural cases are drawn (seeded).
+Manifest (JSON; ``calibration/NAME.json``, read by name: ``load_manifest("default")`` is what
+``unidg-rt calibrate`` uses without ``--manifest``): ``num_inference_steps``, ``capture_steps``,
+``cases`` — real cases, each ``image``, ``mask`` and either ``reference`` + ``reference_mask``
+(reference mode) or ``category`` (text mode), optional ``seed`` and ``name``; paths are relative
+to the manifest, or ``unidg_rt:PATH`` inside the installed package (the bundled samples:
+``unidg_rt:assets/samples/target.png``) — and a procedural part drawn after them (seeded):
+``num_cases`` cases over ``categories`` at ``image_size`` px, ``text_mode_fraction`` of them in
+text mode, from ``seed``.
 
 Output: ``{component}.npz`` with one array per input name, stacked over samples along a new
 leading axis (``[S, ...]``; sample ``i`` of every array belongs together), plus
@@ -26,10 +30,27 @@ from unidg_rt.errors import InvalidInputError
 logger = logging.getLogger(__name__)
 
 
-def load_manifest(path: str | Path) -> dict[str, Any]:
+#: the manifest ``unidg-rt calibrate`` uses without ``--manifest`` (``calibration/default.json``)
+DEFAULT_MANIFEST = "default"
+#: keys of one explicit case
+CASE_KEYS = ("name", "image", "mask", "reference", "reference_mask", "category", "seed")
+#: prefix of a case path inside the installed package
+PACKAGE_PREFIX = "unidg_rt:"
+
+
+def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> dict[str, Any]:
+    """A manifest by path, or by name from the ``calibration/`` stage folder
+    (:func:`unidg_rt.artifacts.profiles.find`: unknown names list the available ones)."""
+    from unidg_rt.artifacts.profiles import find, looks_like_path
+
+    if isinstance(path, str) and not looks_like_path(path, ".json"):
+        path = find("calibration", path, what="manifest")
     path = Path(path)
     if not path.is_file():
-        raise InvalidInputError(f"calibration manifest {path} does not exist (see calibration/default.json)")
+        raise InvalidInputError(
+            f"calibration manifest {path} does not exist: pass a manifest file or a name in calibration/ "
+            "(default: calibration/default.json)"
+        )
     try:
         m = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -38,29 +59,60 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     m.setdefault("num_cases", 8)
     m.setdefault("capture_steps", [0])
     m.setdefault("cases", [])
-    m["_dir"] = str(path.parent)
+    m["_dir"], m["_path"] = str(path.parent), str(path)
     return m
+
+
+def case_path(base: Path, value: str) -> Path:
+    """A case's file: ``unidg_rt:PATH`` inside the installed package, else relative to ``base``."""
+    if value.startswith(PACKAGE_PREFIX):
+        from unidg_rt.artifacts.assets import assets_dir
+
+        return assets_dir().parent / value.removeprefix(PACKAGE_PREFIX)
+    return base / value
+
+
+def _explicit_case(base: Path, i: int, c: dict[str, Any], default_seed: int) -> dict[str, Any]:
+    from unidg_rt.data import load_image, load_mask
+
+    label = f"calibration case {i}" + (f" ({c['name']})" if "name" in c else "")
+    unknown = sorted(set(c) - set(CASE_KEYS))
+    if unknown:
+        raise InvalidInputError(f"{label}: unknown key(s) {unknown}; allowed: {', '.join(CASE_KEYS)}")
+    missing = [k for k in ("image", "mask") if k not in c]
+    if ("reference" in c) != ("reference_mask" in c):
+        missing.append("reference_mask" if "reference" in c else "reference")
+    if missing or ("reference" not in c and "category" not in c):
+        raise InvalidInputError(
+            f"{label} lacks {missing or ['reference', 'category']}: give 'image' and 'mask' paths and either "
+            "'reference' + 'reference_mask' (reference mode) or 'category' (text mode)"
+        )
+
+    def read(key: str, loader):
+        path = case_path(base, str(c[key]))
+        if not path.is_file():
+            raise InvalidInputError(
+                f"{label}: {key} {path} does not exist (paths are relative to the manifest)"
+            )
+        return loader(path)
+
+    kw = {"image": read("image", load_image), "mask_image": read("mask", load_mask)}
+    if "reference" in c:
+        kw["reference_image"] = read("reference", load_image)
+        kw["reference_mask"] = read("reference_mask", load_mask)
+    else:
+        kw["defect_category"] = c["category"]
+    return {**kw, "seed": int(c.get("seed", default_seed))}
 
 
 def build_cases(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Pipeline kwargs per case (images as arrays), explicit cases first, then procedural."""
-    from unidg_rt.data import load_image, load_mask, make_reference_pair
+    from unidg_rt.data import make_reference_pair
 
     base = Path(manifest.get("_dir", "."))
-    cases = []
-    for i, c in enumerate(manifest.get("cases", [])):
-        try:
-            kw = {"image": load_image(base / c["image"]), "mask_image": load_mask(base / c["mask"])}
-        except KeyError as exc:
-            raise InvalidInputError(
-                f"calibration case {i} lacks {exc}: give 'image' and 'mask' paths"
-            ) from exc
-        if "reference" in c:
-            kw["reference_image"] = load_image(base / c["reference"])
-            kw["reference_mask"] = load_mask(base / c["reference_mask"])
-        else:
-            kw["defect_category"] = c.get("category")
-        cases.append({**kw, "seed": int(c.get("seed", manifest["seed"] + i))})
+    cases = [
+        _explicit_case(base, i, c, manifest["seed"] + i) for i, c in enumerate(manifest.get("cases", []))
+    ]
     rng = np.random.default_rng(manifest["seed"])
     cats = manifest.get("categories") or ["scratch"]
     size = int(manifest.get("image_size", 192))
