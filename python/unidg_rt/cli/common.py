@@ -1,12 +1,33 @@
-"""Shared CLI helpers: atomic writes, JSON records, pipeline construction from settings."""
+"""Shared CLI helpers: atomic writes, JSON records, pipeline construction from settings, and the
+settings options every pipeline-running command takes (declared once, as ``Annotated`` types)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
 
 from unidg_rt.artifacts.io import atomic_write_bytes, atomic_write_json  # temp + fsync + rename
 
 __all__ = ["atomic_save_png", "atomic_write_bytes", "atomic_write_json", "pipeline_from_settings"]
+
+# settings overrides (``load_settings`` keywords) shared by generate, synth and eval; a command
+# declares ``weights: WeightsOption = None``
+WeightsOption = Annotated[Optional[Path], typer.Option(help="checkpoint (default: embedded model)")]
+EmbeddingsOption = Annotated[Optional[Path], typer.Option(help="category embeddings cache")]
+HeightOption = Annotated[Optional[int], typer.Option(help="per-side height, multiple of 16")]
+WidthOption = Annotated[Optional[int], typer.Option(help="per-side width, multiple of 16")]
+DeviceOption = Annotated[Optional[str], typer.Option(help="cpu / cuda")]
+DtypeOption = Annotated[Optional[str], typer.Option(help="auto / float32 / bfloat16 / float16")]
+FastPathOption = Annotated[
+    Optional[str], typer.Option("--fast-path", help="torch GPU fast path: auto (on for CUDA) / on / off")
+]
+PrecisionOption = Annotated[
+    Optional[str],
+    typer.Option(help="onnxruntime/tensorrt: exported precision to run; torch: fp8 (FP8 fast path)"),
+]
+ConfigOption = Annotated[Optional[Path], typer.Option(help="settings TOML")]
 
 
 def atomic_save_png(path: Path, image) -> None:

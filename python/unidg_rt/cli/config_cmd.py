@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
-
 import typer
 from rich.console import Console
+
+from unidg_rt.cli.common import ConfigOption
 
 config_app = typer.Typer(
     help="Settings (pydantic-settings: UNIDG_* env vars and a TOML file).", no_args_is_help=True
@@ -14,7 +13,7 @@ config_app = typer.Typer(
 
 
 @config_app.command("show")
-def show(config: Optional[Path] = typer.Option(None, help="settings TOML")) -> None:
+def show(config: ConfigOption = None) -> None:
     """Print the resolved settings (defaults < TOML < UNIDG_* environment)."""
     from unidg_rt.settings import load_settings
 

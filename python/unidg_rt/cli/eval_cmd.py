@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from unidg_rt.cli.common import ConfigOption, DeviceOption, DtypeOption, EmbeddingsOption
 from unidg_rt.errors import InvalidInputError
 
 console = Console()
@@ -68,7 +69,7 @@ def eval_cmd(
     weights: Optional[Path] = typer.Option(
         None, "--weights", "--model", help="checkpoint (default: embedded model)"
     ),
-    embeddings: Optional[Path] = typer.Option(None, help="category embeddings cache"),
+    embeddings: EmbeddingsOption = None,
     cases: int = typer.Option(20, "--cases", help="number of held-out cases (seeds 1_000_000 + i)"),
     steps: Optional[int] = typer.Option(None, "--steps", help="num_inference_steps (default: the model's)"),
     seeds: Optional[int] = typer.Option(
@@ -91,9 +92,9 @@ def eval_cmd(
     classifier_cache: Optional[Path] = typer.Option(
         None, help="folder caching the defect classifier (default: <output_dir>/eval)"
     ),
-    device: Optional[str] = typer.Option(None, help="cpu / cuda"),
-    dtype: Optional[str] = typer.Option(None, help="auto / float32 / bfloat16 / float16"),
-    config: Optional[Path] = typer.Option(None, help="settings TOML"),
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    config: ConfigOption = None,
     compare: Optional[Path] = typer.Option(
         None,
         "--compare",

@@ -10,7 +10,20 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from unidg_rt.cli.common import atomic_save_png, atomic_write_json, pipeline_from_settings
+from unidg_rt.cli.common import (
+    ConfigOption,
+    DeviceOption,
+    DtypeOption,
+    EmbeddingsOption,
+    FastPathOption,
+    HeightOption,
+    PrecisionOption,
+    WeightsOption,
+    WidthOption,
+    atomic_save_png,
+    atomic_write_json,
+    pipeline_from_settings,
+)
 from unidg_rt.errors import InvalidInputError
 
 console = Console(stderr=True)
@@ -40,26 +53,22 @@ def generate(
     reference_mask: Optional[Path] = typer.Option(None, help="defect mask of the reference image"),
     category: Optional[str] = typer.Option(None, help="defect category (text mode, cached embeddings)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="output PNG (default outputs/...)"),
-    weights: Optional[Path] = typer.Option(None, help="checkpoint (default: embedded model)"),
-    embeddings: Optional[Path] = typer.Option(None, help="category embeddings cache"),
+    weights: WeightsOption = None,
+    embeddings: EmbeddingsOption = None,
     seed: Optional[int] = typer.Option(None, help="random seed (recorded in the JSON)"),
     steps: Optional[int] = typer.Option(None, "--steps", help="num_inference_steps"),
     guidance: Optional[float] = typer.Option(None, help="guidance_scale"),
-    height: Optional[int] = typer.Option(None, help="per-side height, multiple of 16"),
-    width: Optional[int] = typer.Option(None, help="per-side width, multiple of 16"),
+    height: HeightOption = None,
+    width: WidthOption = None,
     num_images: int = typer.Option(1, help="num_images_per_prompt"),
-    device: Optional[str] = typer.Option(None, help="cpu / cuda"),
-    dtype: Optional[str] = typer.Option(None, help="auto / float32 / bfloat16 / float16"),
-    fast_path: Optional[str] = typer.Option(
-        None, "--fast-path", help="torch GPU fast path: auto (on for CUDA) / on / off"
-    ),
-    precision: Optional[str] = typer.Option(
-        None, help="onnxruntime/tensorrt: exported precision to run; torch: fp8 (FP8 fast path)"
-    ),
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    fast_path: FastPathOption = None,
+    precision: PrecisionOption = None,
     backend: Optional[str] = typer.Option(None, help="torch / onnxruntime / tensorrt"),
     onnx_dir: Optional[Path] = typer.Option(None, help="exported ONNX folder for --backend onnxruntime"),
     engines_dir: Optional[Path] = typer.Option(None, help="built engine folder for --backend tensorrt"),
-    config: Optional[Path] = typer.Option(None, help="settings TOML"),
+    config: ConfigOption = None,
 ) -> None:
     """Insert a defect (reference mode with --reference, text mode with --category)."""
     from unidg_rt.artifacts.assets import samples_dir

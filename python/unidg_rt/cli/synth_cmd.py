@@ -18,6 +18,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from unidg_rt.cli.common import (
+    ConfigOption,
+    DeviceOption,
+    DtypeOption,
+    EmbeddingsOption,
+    FastPathOption,
+    HeightOption,
+    PrecisionOption,
+    WeightsOption,
+    WidthOption,
+)
+
 console = Console(stderr=True)
 
 
@@ -53,24 +65,20 @@ def synth(
         None, help="--ray: cluster address (default: start a local one)"
     ),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (per actor with --ray)"),
-    weights: Optional[Path] = typer.Option(None, help="checkpoint (default: embedded model)"),
-    embeddings: Optional[Path] = typer.Option(None, help="category embeddings cache"),
+    weights: WeightsOption = None,
+    embeddings: EmbeddingsOption = None,
     steps: Optional[int] = typer.Option(None, "--steps", help="num_inference_steps for every job"),
     guidance: Optional[float] = typer.Option(None, help="guidance_scale for every job"),
-    height: Optional[int] = typer.Option(None, help="per-side height, multiple of 16"),
-    width: Optional[int] = typer.Option(None, help="per-side width, multiple of 16"),
-    device: Optional[str] = typer.Option(None, help="cpu / cuda"),
-    dtype: Optional[str] = typer.Option(None, help="auto / float32 / bfloat16 / float16"),
-    fast_path: Optional[str] = typer.Option(
-        None, "--fast-path", help="torch GPU fast path: auto (on for CUDA) / on / off"
-    ),
-    precision: Optional[str] = typer.Option(
-        None, help="onnxruntime/tensorrt: exported precision to run; torch: fp8 (FP8 fast path)"
-    ),
+    height: HeightOption = None,
+    width: WidthOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    fast_path: FastPathOption = None,
+    precision: PrecisionOption = None,
     paste_mode: Optional[str] = typer.Option(
         None, help="replace / residual for every job (default: the model's)"
     ),
-    config: Optional[Path] = typer.Option(None, help="settings TOML"),
+    config: ConfigOption = None,
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
 ) -> None:
     """Synthesise defects in batch: crash-safe, resumable, with a per-job results.jsonl."""
