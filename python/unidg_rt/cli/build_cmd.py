@@ -106,8 +106,6 @@ def build(
     from unidg_rt.engines.manifest import normalize_builder, normalize_precision
 
     prof = load_build_profile(profile) if profile is not None else BuildProfile("", Path())
-    if profile is not None:
-        console.print(f"build profile {prof.name} ({prof.path}): {prof.description}")
     try:
         precision = normalize_precision(_pick(precision, prof.precision, "fp16"))
         builder = normalize_builder(_pick(builder, prof.builder, "tensorrt-rtx"))
@@ -132,6 +130,8 @@ def build(
         raise InvalidInputError(
             f"{exc} (profile {prof.name} expects `unidg-rt export --profile {prof.export_profile}`)"
         ) from exc
+    if profile is not None:
+        console.print(f"build profile {prof.name} ({prof.path}): {prof.description}")
     overrides = json.loads(profiles.read_text()) if profiles else {}
     results, failures = [], []
     for f in files:

@@ -115,11 +115,12 @@ def export(
     prof = load_export_profile(profile) if profile is not None else ExportProfile("", Path())
     name = (weights.stem if weights.is_file() else weights.name) if weights is not None else "default"
     out_dir = out or Path("export/out") / (f"{name}-{prof.name}" if profile is not None else name)
-    if profile is not None:
-        console.print(f"export profile {prof.name} ({prof.path}): {prof.description}")
     parts = (
         _split(components, "components") if components is not None else prof.components or PIPELINE_COMPONENTS
     )
+    ranges = export_ranges(prof, weights)
+    if profile is not None:
+        console.print(f"export profile {prof.name} ({prof.path}): {prof.description}")
     t0 = time.perf_counter()
     manifest = export_pipeline(
         weights,
@@ -128,7 +129,7 @@ def export(
         precision=precision or prof.precision or "fp32",
         components=parts,
         opset=opset if opset is not None else prof.opset,
-        ranges=export_ranges(prof, weights),
+        ranges=ranges,
         external_data=external_data if external_data is not None else prof.external_data,
         force=force,
         loras=[parse_lora(v) for v in lora],
