@@ -91,3 +91,28 @@ def test_frechet_distance_features_is_zero_on_identical_sets_and_grows_with_shif
     assert M.frechet_distance_features(x, x + 1.0) == pytest.approx(4.0, rel=1e-6)
     with pytest.raises(InvalidInputError):
         M.gaussian_stats(x[:1])
+
+
+def test_paired_fidelity_metrics():
+    """cosine, masked PSNR and SSIM of the precision-vs-fp32 report."""
+    rng = np.random.default_rng(0)
+    a = rng.random((24, 20, 3))
+    mask = np.zeros((24, 20), bool)
+    mask[5:15, 4:12] = True
+    assert M.masked_ssim(a, a, mask) == pytest.approx(1.0)
+    assert M.masked_psnr(a, a, mask) == 100.0
+    b = a.copy()
+    b[~mask] = 0  # outside the mask does not count for PSNR
+    assert M.masked_psnr(a, b, mask) == 100.0
+    noisy = [np.clip(a + rng.normal(0, s, a.shape), 0, 1) for s in (0.01, 0.05, 0.2)]
+    ssims = [M.masked_ssim(a, n, mask) for n in noisy]
+    psnrs = [M.masked_psnr(a, n, mask) for n in noisy]
+    assert ssims == sorted(ssims, reverse=True) and psnrs == sorted(psnrs, reverse=True)
+    assert M.masked_ssim(a, noisy[1], mask) == pytest.approx(M.masked_ssim(noisy[1], a, mask))
+    # constant images: SSIM = luminance term (2xy + C1) / (x² + y² + C1)
+    x, y, c1 = 0.3, 0.6, 0.01**2
+    assert M.ssim_map(np.full((9, 9), x), np.full((9, 9), y)).mean() == pytest.approx(
+        (2 * x * y + c1) / (x * x + y * y + c1)
+    )
+    assert M.masked_psnr(np.zeros((4, 4)), np.full((4, 4), 0.1), np.ones((4, 4), bool)) == pytest.approx(20.0)
+    assert M.cosine(a, 2 * a) == pytest.approx(1.0) and M.cosine(a, -a) == pytest.approx(-1.0)

@@ -26,10 +26,10 @@ def default_report(tmp_path_factory, default_onnx_dir):
     import shutil
 
     from unidg_rt.evaluation import build_eval_set, train_classifier
+    from unidg_rt.evaluation.precision_report import compare_precisions
     from unidg_rt.quant.artifacts import quantize_folder
     from unidg_rt.quant.calibration import capture, load_manifest
     from unidg_rt.quant.qdq import modelopt_available
-    from unidg_rt.evaluation.precision_report import compare_precisions
     from unidg_rt.runtime.pipeline import UniDGPipeline
 
     root = tmp_path_factory.mktemp("default_q")
@@ -45,8 +45,9 @@ def default_report(tmp_path_factory, default_onnx_dir):
     results = {p: quantize_folder(root / "onnx", root / "cal", p)[0] for p in precisions}
     cats = manifest["categories"][:4]
     cases = build_eval_set(4, cats, modes=["reference", "text"], size=96)
-    clf = train_classifier(cats, gen_size=(int(pipe.defaults["height"]), int(pipe.defaults["width"])),
-                           n_train=12, n_test=6)  # fmt: skip
+    clf = train_classifier(
+        cats, gen_size=(int(pipe.defaults["height"]), int(pipe.defaults["width"])), n_train=12, n_test=6
+    )
     return results, compare_precisions(root / "onnx", precisions, cases=cases, classifier=clf), pipe.defaults
 
 

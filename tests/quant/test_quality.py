@@ -1,6 +1,6 @@
 """INT8/FP8 Q/DQ graphs run in the pipeline on ORT CPU and stay within the stated quality
 thresholds against fp32 (same cases, same seeds); the CLI. The report's SSIM/PSNR helpers:
-tests/evaluation/test_precision_report.py."""
+tests/evaluation/test_metrics.py."""
 
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ def report(quantized, tiny_classifier):
     from unidg_rt.evaluation import build_eval_set
 
     cases = build_eval_set(3, ["scratch", "hole", "black spot"], modes=["reference", "text"], size=96)
-    return compare_precisions(quantized.onnx_dir, quantized.precisions, cases=cases, num_seeds=1,
-                              classifier=tiny_classifier)  # fmt: skip
+    return compare_precisions(
+        quantized.onnx_dir, quantized.precisions, cases=cases, num_seeds=1, classifier=tiny_classifier
+    )
 
 
 def test_quality_within_thresholds(report, quantized, request):
@@ -91,16 +92,48 @@ def test_cli_quantize_and_eval_compare(calibrated, tmp_path):
         app, ["quantize", str(onnx_dir), "--calibration", str(tmp_path / "none"), "--backend", "ort"]
     )
     assert res.exit_code != 0 and "random scales never ship" in str(res.exception)
-    res = runner.invoke(app, ["quantize", str(onnx_dir), "--calibration", str(calibrated.cal), "--backend", "ort",
-                              "--precision", "int8", "--max-samples", "4"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(onnx_dir),
+            "--calibration",
+            str(calibrated.cal),
+            "--backend",
+            "ort",
+            "--precision",
+            "int8",
+            "--max-samples",
+            "4",
+        ],
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert (onnx_dir / "transformer.fold.int8.onnx").is_file() and (
         onnx_dir / "transformer.fold.int8.json"
     ).is_file()
     md = tmp_path / "cmp.md"
-    res = runner.invoke(app, ["eval", "--compare", str(onnx_dir), "--precisions", "int8", "--cases", "2", "--seeds", "1",
-                              "--categories", "scratch,hole", "--size", "96", "--markdown", str(md),
-                              "--classifier-cache", str(tmp_path / "clf")])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--compare",
+            str(onnx_dir),
+            "--precisions",
+            "int8",
+            "--cases",
+            "2",
+            "--seeds",
+            "1",
+            "--categories",
+            "scratch,hole",
+            "--size",
+            "96",
+            "--markdown",
+            str(md),
+            "--classifier-cache",
+            str(tmp_path / "clf"),
+        ],
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     text = md.read_text()
     assert "| metric | fp32 | int8 |" in text and "Jetson Orin" in text

@@ -51,8 +51,16 @@ def test_flow_batch_is_the_pipeline_feed(tiny_latents):
     table = CategoryTable(len(lat.categories), 4, 32, 16)
     idx = np.array([0, 1, 2, 3])
     use = torch.from_numpy(lat.text_mode.numpy()[idx])
-    b = flow_batch(lat, idx, use, table, torch.Generator().manual_seed(0), guidance=3.5,
-                   group_bias_lambda=1.0, context_weight=0.1)  # fmt: skip
+    b = flow_batch(
+        lat,
+        idx,
+        use,
+        table,
+        torch.Generator().manual_seed(0),
+        guidance=3.5,
+        group_bias_lambda=1.0,
+        context_weight=0.1,
+    )
     n_img = lat.groups.shape[1]
     assert b.feed["hidden_states"].shape == (4, n_img, 384)
     assert torch.equal(b.feed["hidden_states"][..., 128:], lat.mask[idx].float())  # packed mask last
@@ -107,8 +115,16 @@ def test_reference_rows_are_conditioned_by_the_encoder(tiny_latents):
     idx = np.arange(len(lat))
     keep = torch.ones(len(idx), dtype=torch.bool)
     keep[0] = False  # a dropped sample: zero conditioning whatever its mode
-    b = flow_batch(lat, idx, keep, table, torch.Generator().manual_seed(0), guidance=3.5,
-                   group_bias_lambda=1.0, context_weight=0.1)  # fmt: skip
+    b = flow_batch(
+        lat,
+        idx,
+        keep,
+        table,
+        torch.Generator().manual_seed(0),
+        guidance=3.5,
+        group_bias_lambda=1.0,
+        context_weight=0.1,
+    )
     e, p = b.feed["encoder_hidden_states"], b.feed["pooled_projections"]
     with torch.no_grad():
         e_enc, p_enc = table.encoder(lat.reference_input(idx))
@@ -129,8 +145,16 @@ def test_reference_rows_are_conditioned_by_the_encoder(tiny_latents):
     from unidg_rt.models.refenc import cut_out
 
     table.encoder.config = dataclasses.replace(table.encoder.config, cutout=True)
-    b = flow_batch(lat, idx, keep, table, torch.Generator().manual_seed(0), guidance=3.5,
-                   group_bias_lambda=1.0, context_weight=0.1)  # fmt: skip
+    b = flow_batch(
+        lat,
+        idx,
+        keep,
+        table,
+        torch.Generator().manual_seed(0),
+        guidance=3.5,
+        group_bias_lambda=1.0,
+        context_weight=0.1,
+    )
     with torch.no_grad():
         e_cut, _ = table.encoder(cut_out(x, lat.reference_mask[torch.as_tensor(idx)]))
     ref = (~lat.text_mode).numpy() & keep.numpy()

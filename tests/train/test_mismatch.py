@@ -75,8 +75,15 @@ def test_apo_with_mismatch_pairs_trains(tiny_latents):
     model = FluxTransformer(FluxConfig.tiny()).eval().requires_grad_(False)
     table = _table(tiny_latents)
     for negatives in ("none", "self"):
-        recipe = APORecipe(steps=2, batch_size=4, negatives=negatives, num_negatives=4, negative_steps=1,
-                           rank=2, mismatch=1.0)  # fmt: skip
+        recipe = APORecipe(
+            steps=2,
+            batch_size=4,
+            negatives=negatives,
+            num_negatives=4,
+            negative_steps=1,
+            rank=2,
+            mismatch=1.0,
+        )
         mgr, summary = train_apo(model, table, tiny_latents, recipe, SFTRecipe(), seed=0)
         assert math.isfinite(summary["loss_end"]) and "apo" in mgr.adapters
         mgr.detach()
@@ -89,12 +96,28 @@ def test_apo_mismatch_margins_survive_a_resume(tiny_latents, tmp_path):
     model = FluxTransformer(FluxConfig.tiny()).eval().requires_grad_(False)
     table, ckpt = _table(tiny_latents), tmp_path / "apo.pt"
     kw = dict(batch_size=2, negatives="none", rank=2, mismatch=1.0)
-    mgr, first = train_apo(model, table, tiny_latents, APORecipe(steps=2, **kw), SFTRecipe(), seed=0,
-                           ckpt_path=ckpt, checkpoint_every_s=0.0)  # fmt: skip
+    mgr, first = train_apo(
+        model,
+        table,
+        tiny_latents,
+        APORecipe(steps=2, **kw),
+        SFTRecipe(),
+        seed=0,
+        ckpt_path=ckpt,
+        checkpoint_every_s=0.0,
+    )
     mgr.detach()
     assert len(load_checkpoint_state(ckpt)["mismatch_margins"]) == 2
-    mgr, resumed = train_apo(model, table, tiny_latents, APORecipe(steps=3, **kw), SFTRecipe(), seed=0,
-                             ckpt_path=ckpt, checkpoint_every_s=0.0)  # fmt: skip
+    mgr, resumed = train_apo(
+        model,
+        table,
+        tiny_latents,
+        APORecipe(steps=3, **kw),
+        SFTRecipe(),
+        seed=0,
+        ckpt_path=ckpt,
+        checkpoint_every_s=0.0,
+    )
     mgr.detach()
     assert len(load_checkpoint_state(ckpt)["mismatch_margins"]) == 3
     assert resumed["mismatch_margin_start"] == first["mismatch_margin_start"]  # step 0's, from the checkpoint

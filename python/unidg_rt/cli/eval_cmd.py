@@ -118,18 +118,38 @@ def eval_cmd(
     With ``--compare ONNX_DIR``: quantised precisions vs fp32 (latent cosine, PSNR/SSIM, size).
     With ``--downstream``: does a detector trained on the model's defects find real ones?"""
     if downstream:
-        return downstream_cmd(weights=weights, embeddings=embeddings, config=config, device=device, dtype=dtype,
-                              seeds=seeds, train_images=train_images, quick=quick, steps=steps,
-                              json_path=json_path, markdown=markdown)  # fmt: skip
+        return downstream_cmd(
+            weights=weights,
+            embeddings=embeddings,
+            config=config,
+            device=device,
+            dtype=dtype,
+            seeds=seeds,
+            train_images=train_images,
+            quick=quick,
+            steps=steps,
+            json_path=json_path,
+            markdown=markdown,
+        )
     if quick or train_images is not None:
         raise InvalidInputError("--quick and --train-images belong to --downstream; add --downstream")
     seeds = 2 if seeds is None else seeds
     if compare is not None:
         from unidg_rt.cli.quantize_cmd import eval_compare
 
-        return eval_compare(compare, precisions, cases=cases, steps=steps, seeds=seeds, categories=categories,
-                            modes=modes, size=size, classifier_cache=classifier_cache, json_path=json_path,
-                            markdown=markdown)  # fmt: skip
+        return eval_compare(
+            compare,
+            precisions,
+            cases=cases,
+            steps=steps,
+            seeds=seeds,
+            categories=categories,
+            modes=modes,
+            size=size,
+            classifier_cache=classifier_cache,
+            json_path=json_path,
+            markdown=markdown,
+        )
     from unidg_rt.cli.common import pipeline_from_settings
     from unidg_rt.evaluation import (
         build_eval_set,
@@ -155,15 +175,27 @@ def eval_cmd(
             return
     eval_cases = build_eval_set(cases, cats, modes=mode_list, size=size)
     cache = classifier_cache if classifier_cache is not None else settings.output_dir / "eval"
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err_console, transient=True) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("classifier + references", total=None)
 
         def on_image(done: int, total: int, label: str) -> None:
             progress.update(task, completed=done, total=total, description=label)
 
-        report = evaluate(pipe, eval_cases, num_seeds=seeds, num_inference_steps=steps,
-                          classifier_cache=cache, progress=on_image)  # fmt: skip
+        report = evaluate(
+            pipe,
+            eval_cases,
+            num_seeds=seeds,
+            num_inference_steps=steps,
+            classifier_cache=cache,
+            progress=on_image,
+        )
     console.print(render_table(report))
     clf = report.classifier
     console.print(
@@ -194,14 +226,23 @@ def downstream_cmd(
     )
     from unidg_rt.settings import load_settings
 
-    overrides = {k: v for k, v in (("seeds", seeds), ("train_images", train_images),
-                                   ("num_inference_steps", steps)) if v is not None}  # fmt: skip
+    overrides = {
+        k: v
+        for k, v in (("seeds", seeds), ("train_images", train_images), ("num_inference_steps", steps))
+        if v is not None
+    }
     cfg = (DownstreamConfig.quick(**overrides) if quick else DownstreamConfig(**overrides)).check()
     settings = load_settings(config, weights=weights, embeddings=embeddings, device=device, dtype=dtype)
     pipe = pipeline_from_settings(settings)
     label = str(weights) if weights is not None else "embedded default"
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err_console, transient=True) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("downstream", total=None)
 
         def on_progress(label: str, done: int, total: int) -> None:

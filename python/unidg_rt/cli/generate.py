@@ -75,9 +75,21 @@ def generate(
     from unidg_rt.settings import load_settings
 
     settings = load_settings(
-        config, weights=weights, embeddings=embeddings, device=device, dtype=dtype, backend=backend,
-        onnx_dir=onnx_dir, engines_dir=engines_dir, fast_path=fast_path, precision=precision, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
-    )  # fmt: skip
+        config,
+        weights=weights,
+        embeddings=embeddings,
+        device=device,
+        dtype=dtype,
+        backend=backend,
+        onnx_dir=onnx_dir,
+        engines_dir=engines_dir,
+        fast_path=fast_path,
+        precision=precision,
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+    )
     if image is None and mask is None:
         samples = samples_dir()
         image, mask = samples / "target.png", samples / "target_mask.png"
@@ -96,17 +108,30 @@ def generate(
 
     pipe = pipeline_from_settings(settings)
     args = dict(
-        image=_open_image(image, "image"), mask_image=_open_image(mask, "mask"),
-        reference_image=_open_image(reference, "reference"), reference_mask=_open_image(reference_mask, "reference-mask"),
-        defect_category=category, height=settings.height, width=settings.width,
-        num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
-        num_images_per_prompt=num_images, seed=seed, segments=settings.segments,
+        image=_open_image(image, "image"),
+        mask_image=_open_image(mask, "mask"),
+        reference_image=_open_image(reference, "reference"),
+        reference_mask=_open_image(reference_mask, "reference-mask"),
+        defect_category=category,
+        height=settings.height,
+        width=settings.width,
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        num_images_per_prompt=num_images,
+        seed=seed,
+        segments=settings.segments,
         paste_mode=settings.paste_mode,
-    )  # fmt: skip
+    )
     steps_total = settings.num_inference_steps or pipe.defaults["num_inference_steps"]
     t0 = time.perf_counter()
-    with Progress(TextColumn("[bold]denoising"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]denoising"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("steps", total=steps_total)
 
         def on_step(_pipe, i, _t, kwargs):
@@ -123,11 +148,19 @@ def generate(
         path = base if len(out.images) == 1 else base.with_name(f"{base.stem}_{i}{base.suffix}")
         atomic_save_png(path, img)
         record = {
-            "output": str(path), "seed": out.seeds[i], "elapsed_s": round(elapsed, 3),
-            "inputs": {"image": str(image), "mask": str(mask), "reference": str(reference) if reference else None,
-                       "reference_mask": str(reference_mask) if reference_mask else None, "category": category},
-            "settings": settings.model_dump(mode="json"), "pipeline": out.info,
-        }  # fmt: skip
+            "output": str(path),
+            "seed": out.seeds[i],
+            "elapsed_s": round(elapsed, 3),
+            "inputs": {
+                "image": str(image),
+                "mask": str(mask),
+                "reference": str(reference) if reference else None,
+                "reference_mask": str(reference_mask) if reference_mask else None,
+                "category": category,
+            },
+            "settings": settings.model_dump(mode="json"),
+            "pipeline": out.info,
+        }
         atomic_write_json(path.with_suffix(".json"), record)
         written.append(path)
     for p in written:

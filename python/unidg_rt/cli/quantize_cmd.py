@@ -45,7 +45,7 @@ def quantize(
         "--keep",
         help="module pattern kept in high precision, repeatable (fnmatch over module paths, "
         "e.g. 'transformer_blocks.0.*'); replaces the defaults (first/last layers, adaLN); 'none' = keep nothing",
-    ),  # fmt: skip
+    ),
     quantize_attention: bool = typer.Option(
         False,
         "--quantize-attention",
@@ -70,11 +70,20 @@ def quantize(
     keep_patterns = None if not keep else ([] if [k.lower() for k in keep] == ["none"] else list(keep))
     t0 = time.perf_counter()
     results = quantize_folder(
-        onnx_dir, calibration, precision.lower(), components=_split(components), form=form, keep=keep_patterns,
-        quantize_attention=quantize_attention, backend=backend, high_precision=high_precision,
-        calibration_method=method, max_samples=max_samples,
-        min_coverage=DEFAULT_MIN_COVERAGE if min_coverage is None else min_coverage, force=force,
-    )  # fmt: skip
+        onnx_dir,
+        calibration,
+        precision.lower(),
+        components=_split(components),
+        form=form,
+        keep=keep_patterns,
+        quantize_attention=quantize_attention,
+        backend=backend,
+        high_precision=high_precision,
+        calibration_method=method,
+        max_samples=max_samples,
+        min_coverage=DEFAULT_MIN_COVERAGE if min_coverage is None else min_coverage,
+        force=force,
+    )
     if as_json:
         typer.echo(json.dumps([r["sidecar"] for r in results], indent=2, default=str))
         return
@@ -85,15 +94,22 @@ def quantize(
         q = r["sidecar"].get("quantization", {})
         v = q.get("validation", {})
         table.add_row(
-            r["file"], "[dim]up to date[/]" if r["skipped"] else "[green]written[/]",
-            f"{r['sidecar']['total_bytes'] / 1e6:.2f}", f"{q.get('source_total_bytes', 0) / 1e6:.2f}",
-            f"{v.get('coverage', 0):.0%} of {v.get('eligible_compute', '?')}", str(v.get("kept_nodes", "?")),
-        )  # fmt: skip
-        console.print(f"{r['file']}: {q.get('backend')} {q.get('backend_version', '')}, rest of graph "
-                      f"{q.get('high_precision')}, {q.get('calibration_samples')} calibration samples")  # fmt: skip
+            r["file"],
+            "[dim]up to date[/]" if r["skipped"] else "[green]written[/]",
+            f"{r['sidecar']['total_bytes'] / 1e6:.2f}",
+            f"{q.get('source_total_bytes', 0) / 1e6:.2f}",
+            f"{v.get('coverage', 0):.0%} of {v.get('eligible_compute', '?')}",
+            str(v.get("kept_nodes", "?")),
+        )
+        console.print(
+            f"{r['file']}: {q.get('backend')} {q.get('backend_version', '')}, rest of graph "
+            f"{q.get('high_precision')}, {q.get('calibration_samples')} calibration samples"
+        )
     console.print(table)
-    console.print(f"done in {time.perf_counter() - t0:.1f} s; run with "
-                  f"UniDGPipeline.from_onnx({str(onnx_dir)!r}, precision={precision.lower()!r})")  # fmt: skip
+    console.print(
+        f"done in {time.perf_counter() - t0:.1f} s; run with "
+        f"UniDGPipeline.from_onnx({str(onnx_dir)!r}, precision={precision.lower()!r})"
+    )
 
 
 def eval_compare(
@@ -120,10 +136,18 @@ def eval_compare(
         raise InvalidInputError("--precisions is empty: e.g. --precisions int8,fp8")
     with console.status(f"[bold]fp32 vs {', '.join(names)} on {cases} held-out cases"):
         report = compare_precisions(
-            onnx_dir, names, num_cases=cases, num_inference_steps=steps, num_seeds=seeds,
-            categories=_split(categories) or None, modes=_split(modes), size=size,
-            classifier_cache=classifier_cache if classifier_cache is not None else load_settings().output_dir / "eval",
-        )  # fmt: skip
+            onnx_dir,
+            names,
+            num_cases=cases,
+            num_inference_steps=steps,
+            num_seeds=seeds,
+            categories=_split(categories) or None,
+            modes=_split(modes),
+            size=size,
+            classifier_cache=classifier_cache
+            if classifier_cache is not None
+            else load_settings().output_dir / "eval",
+        )
     md = report_markdown(report)
     Console().print(_table(report))
     for target, r in report.recommendations.items():
@@ -138,22 +162,36 @@ def eval_compare(
 
 def _table(report) -> Table:
     s = report.settings
-    table = Table(title=f"precisions vs {s['baseline']} — {s['num_cases']} cases × {s['num_seeds']} seeds, "
-                  f"{s['num_inference_steps']} steps")  # fmt: skip
+    table = Table(
+        title=f"precisions vs {s['baseline']} — {s['num_cases']} cases × {s['num_seeds']} seeds, "
+        f"{s['num_inference_steps']} steps"
+    )
     table.add_column("metric")
     for n in report.precisions:
         table.add_column(n, justify="right")
-    keys = (("latent cos (worst)", "latent_cosine_min", "{:.5f}"), ("latent cos (final step)", "latent_cosine_final", "{:.5f}"),
-            ("velocity cos (worst)", "velocity_cosine_min", "{:.5f}"), ("PSNR mask dB", "psnr_mask_db", "{:.1f}"), ("SSIM mask", "ssim_mask", "{:.4f}"),
-            ("consistency", "consistency", "{:.0%}"), ("agreement w/ fp32", "agreement", "{:.0%}"),
-            ("background max err", "background_max_error", "{:.0f}"), ("s / image", "s_per_image", "{:.2f}"))  # fmt: skip
+    keys = (
+        ("latent cos (worst)", "latent_cosine_min", "{:.5f}"),
+        ("latent cos (final step)", "latent_cosine_final", "{:.5f}"),
+        ("velocity cos (worst)", "velocity_cosine_min", "{:.5f}"),
+        ("PSNR mask dB", "psnr_mask_db", "{:.1f}"),
+        ("SSIM mask", "ssim_mask", "{:.4f}"),
+        ("consistency", "consistency", "{:.0%}"),
+        ("agreement w/ fp32", "agreement", "{:.0%}"),
+        ("background max err", "background_max_error", "{:.0f}"),
+        ("s / image", "s_per_image", "{:.2f}"),
+    )
     for label, key, fmt in keys:
         table.add_row(label, *[fmt.format(m[key]) for m in report.precisions.values()])
     table.add_row(
         "transformer MB", *[f"{m['transformer_bytes'] / 1e6:.2f}" for m in report.precisions.values()]
     )
-    table.add_row("passes", *["–" if "passes" not in m else ("yes" if all(m["passes"].values()) else "[red]no[/]")
-                              for m in report.precisions.values()])  # fmt: skip
+    table.add_row(
+        "passes",
+        *[
+            "–" if "passes" not in m else ("yes" if all(m["passes"].values()) else "[red]no[/]")
+            for m in report.precisions.values()
+        ],
+    )
     return table
 
 

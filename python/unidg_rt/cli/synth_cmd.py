@@ -90,10 +90,19 @@ def synth(
     from unidg_rt.settings import load_settings
 
     settings = load_settings(
-        config, weights=weights, embeddings=embeddings, device=device, dtype=dtype, fast_path=fast_path,
-        precision=precision, paste_mode=paste_mode, height=height, width=width, num_inference_steps=steps,
+        config,
+        weights=weights,
+        embeddings=embeddings,
+        device=device,
+        dtype=dtype,
+        fast_path=fast_path,
+        precision=precision,
+        paste_mode=paste_mode,
+        height=height,
+        width=width,
+        num_inference_steps=steps,
         guidance_scale=guidance,
-    )  # fmt: skip
+    )
     setup_logging(settings.log_level)
     the_plan = None
     if source.is_dir():
@@ -104,15 +113,26 @@ def synth(
                 "or --plan plan.json"
             )
         the_plan = load_plan(
-            plan, defects_per_image=per_image, categories=cats, seed=plan_seed, mask_strategy=mask_strategy,
+            plan,
+            defects_per_image=per_image,
+            categories=cats,
+            seed=plan_seed,
+            mask_strategy=mask_strategy,
             product=product,
-        )  # fmt: skip
+        )
     manifest = as_manifest(source, the_plan)
     defaults = settings_defaults(settings)
     factory = functools.partial(build_pipeline, settings)
 
-    with Progress(TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]synth"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("", total=len(manifest))
 
         def on_record(rec):
@@ -122,9 +142,17 @@ def synth(
             from unidg_rt.jobs.ray_runner import run_jobs_ray
 
             summary = run_jobs_ray(
-                factory, manifest, out, defaults=defaults, num_workers=workers, num_gpus_per_worker=gpus_per_worker,
-                num_cpus_per_worker=cpus_per_worker, torch_threads=threads, ray_address=ray_address, on_record=on_record,
-            )  # fmt: skip
+                factory,
+                manifest,
+                out,
+                defaults=defaults,
+                num_workers=workers,
+                num_gpus_per_worker=gpus_per_worker,
+                num_cpus_per_worker=cpus_per_worker,
+                torch_threads=threads,
+                ray_address=ray_address,
+                on_record=on_record,
+            )
         else:
             if threads:
                 try:
@@ -165,9 +193,13 @@ def settings_defaults(settings):
     from unidg_rt.jobs.manifest import GenerationOverrides
 
     return GenerationOverrides(
-        height=settings.height, width=settings.width, num_inference_steps=settings.num_inference_steps,
-        guidance_scale=settings.guidance_scale, paste_mode=settings.paste_mode, segments=settings.segments,
-    )  # fmt: skip
+        height=settings.height,
+        width=settings.width,
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        paste_mode=settings.paste_mode,
+        segments=settings.segments,
+    )
 
 
 def _print_summary(summary, dataset) -> None:

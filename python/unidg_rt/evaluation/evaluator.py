@@ -39,9 +39,13 @@ PRESENCE_THRESHOLD = 0.02  #: ≈ 5 / 255 mean change inside the target mask cou
 #: metric → True when higher is better, None: must be exactly 0, "info": no better/worse
 #: (a larger mean change is not a better defect; the rate above the threshold is the verdict)
 DIRECTIONS = {
-    "presence_mean": "info", "presence_rate": True, "background_max_error": None,
-    "consistency": True, "diversity": True, "fd": False,
-}  # fmt: skip
+    "presence_mean": "info",
+    "presence_rate": True,
+    "background_max_error": None,
+    "consistency": True,
+    "diversity": True,
+    "fd": False,
+}
 
 
 # ---------------------------------------------------------------------- scoring helpers
@@ -211,8 +215,10 @@ def evaluate(
             results[var.name] = {
                 **_summarise(rows, cases, clf, ref_embed, presence_threshold),
                 "diversity": float(np.nanmean(diversity)) if num_seeds > 1 else float("nan"),
-                "s_per_image": gen_s / max(len(rows), 1), "wall_s": wall, "note": var.note,
-            }  # fmt: skip
+                "s_per_image": gen_s / max(len(rows), 1),
+                "wall_s": wall,
+                "note": var.note,
+            }
             per_image[var.name] = [_public(r, cases) for r in rows]
     finally:
         for var in variants:
@@ -221,35 +227,65 @@ def evaluate(
                 pipe.backend.set_adapter_scales(saved[id(pipe)])
 
     baselines = {
-        "real": {**_summarise(real_rows, cases, clf, ref_embed, presence_threshold), "diversity": float("nan"),
-                 "fd": _floor_fd(clf, floor_feats, ref_embed),
-                 "note": "ground-truth defect through the pipeline geometry; fd = noise floor (independent real set)"},
-        "flat_fill": {**_summarise(fill_rows, cases, clf, ref_embed, presence_threshold), "diversity": 0.0,
-                      "note": "paste region filled with its mean colour: what the mask geometry alone gives"},
-    }  # fmt: skip
+        "real": {
+            **_summarise(real_rows, cases, clf, ref_embed, presence_threshold),
+            "diversity": float("nan"),
+            "fd": _floor_fd(clf, floor_feats, ref_embed),
+            "note": "ground-truth defect through the pipeline geometry; fd = noise floor (independent real set)",
+        },
+        "flat_fill": {
+            **_summarise(fill_rows, cases, clf, ref_embed, presence_threshold),
+            "diversity": 0.0,
+            "note": "paste region filled with its mean colour: what the mask geometry alone gives",
+        },
+    }
     notes = _notes(results, baselines, clf)
     report = EvalReport(
         settings={
-            "num_cases": len(cases), "num_seeds": num_seeds, "num_inference_steps": steps_used,
-            "generation_size": list(gen_hw), "image_size": list(cases[0].image.shape[:2]),
-            "categories": categories, "modes": sorted({c.mode for c in cases}),
-            "case_seeds": [cases[0].seed, cases[-1].seed], "generation_seeds": "case.seed + k, k < num_seeds",
-            "presence_threshold": presence_threshold, "fd_space": f"PCA-{clf.pca.shape[1]} of the classifier's "
-            "z-scored hand-crafted change features", "model": pipeline.defaults.get("description", ""),
+            "num_cases": len(cases),
+            "num_seeds": num_seeds,
+            "num_inference_steps": steps_used,
+            "generation_size": list(gen_hw),
+            "image_size": list(cases[0].image.shape[:2]),
+            "categories": categories,
+            "modes": sorted({c.mode for c in cases}),
+            "case_seeds": [cases[0].seed, cases[-1].seed],
+            "generation_seeds": "case.seed + k, k < num_seeds",
+            "presence_threshold": presence_threshold,
+            "fd_space": f"PCA-{clf.pca.shape[1]} of the classifier's z-scored hand-crafted change features",
+            "model": pipeline.defaults.get("description", ""),
             "backend": getattr(pipeline.backend, "info", {}),
-            "variants": {v.name: {"note": v.note, "call_kwargs": _jsonable_kwargs(v.call_kwargs),
-                                  "adapter_scales": v.adapter_scales} for v in variants},
+            "variants": {
+                v.name: {
+                    "note": v.note,
+                    "call_kwargs": _jsonable_kwargs(v.call_kwargs),
+                    "adapter_scales": v.adapter_scales,
+                }
+                for v in variants
+            },
         },
         variants=results,
         baselines=baselines,
-        classifier={k: clf.meta.get(k) for k in ("test_accuracy", "test_accuracy_crisp", "chance", "per_category",
-                                                 "n_train", "n_test", "gen_size", "train_s", "fingerprint")},
+        classifier={
+            k: clf.meta.get(k)
+            for k in (
+                "test_accuracy",
+                "test_accuracy_crisp",
+                "chance",
+                "per_category",
+                "n_train",
+                "n_test",
+                "gen_size",
+                "train_s",
+                "fingerprint",
+            )
+        },
         comparison=_compare(results, per_image),
         cases=[c.describe() for c in cases],
         per_image=per_image,
         wall_s=time.perf_counter() - t_start,
         notes=notes,
-    )  # fmt: skip
+    )
     return report
 
 
@@ -281,9 +317,15 @@ def _floor_fd(clf, feats: list[np.ndarray], ref_embed) -> float:
 
 def _public(row: dict, cases: Sequence[EvalCase]) -> dict[str, Any]:
     case = cases[row["case"]]
-    return {"case": case.case_id, "seed": row.get("seed"), "intended": case.category,
-            "predicted": row["predicted"], "p_intended": row["p_intended"], "presence": row["presence"],
-            "background": row["background"]}  # fmt: skip
+    return {
+        "case": case.case_id,
+        "seed": row.get("seed"),
+        "intended": case.category,
+        "predicted": row["predicted"],
+        "p_intended": row["p_intended"],
+        "presence": row["presence"],
+        "background": row["background"],
+    }
 
 
 def _jsonable_kwargs(kwargs: dict) -> dict:
@@ -304,9 +346,13 @@ def _notes(results: dict, baselines: dict, clf: DefectClassifier) -> list[str]:
         if m["consistency"] <= chance:
             notes.append(f"{name}: consistency {m['consistency']:.2f} is at or below chance ({chance:.2f})")
         elif m["consistency"] <= baselines["flat_fill"]["consistency"]:
-            notes.append(f"{name}: consistency {m['consistency']:.2f} is not above the flat-fill baseline "
-                         f"({baselines['flat_fill']['consistency']:.2f}): the defects are not recognisable")  # fmt: skip
+            notes.append(
+                f"{name}: consistency {m['consistency']:.2f} is not above the flat-fill baseline "
+                f"({baselines['flat_fill']['consistency']:.2f}): the defects are not recognisable"
+            )
     if clf.accuracy is not None:
-        notes.append(f"classifier held-out accuracy {clf.accuracy:.2f} on real defects at the generation size "
-                     f"(chance {clf.meta.get('chance', 0):.2f}): consistency cannot exceed roughly this")  # fmt: skip
+        notes.append(
+            f"classifier held-out accuracy {clf.accuracy:.2f} on real defects at the generation size "
+            f"(chance {clf.meta.get('chance', 0):.2f}): consistency cannot exceed roughly this"
+        )
     return notes

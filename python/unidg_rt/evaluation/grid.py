@@ -98,8 +98,14 @@ def save_examples_grid(
     try:
         for r, case in enumerate(cases):
             kw = case.call_kwargs()
-            dip = prepare_diptych(kw["image"], kw["mask_image"], kw.get("reference_image"), kw.get("reference_mask"),
-                                  height=gen_hw[0], width=gen_hw[1])  # fmt: skip
+            dip = prepare_diptych(
+                kw["image"],
+                kw["mask_image"],
+                kw.get("reference_image"),
+                kw.get("reference_mask"),
+                height=gen_hw[0],
+                width=gen_hw[1],
+            )
             if case.mode == "reference":
                 ref = _cell(case.reference_image, dip.reference_box, cell)
             else:

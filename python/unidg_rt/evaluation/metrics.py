@@ -7,6 +7,7 @@ so that "exactly 0" reads as such.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import combinations
 
@@ -119,3 +120,79 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 def frechet_distance_features(a, b) -> float:
     """:func:`frechet_distance` between the Gaussian fits of two feature sets ``[N, D]``."""
     return frechet_distance(*gaussian_stats(a), *gaussian_stats(b))
+
+
+# ---------------------------------------------------------------------- paired fidelity
+# (a quantised pipeline's output against the fp32 one: evaluation.precision_report)
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(a @ b / (na * nb))
+
+
+def _mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    m = np.asarray(mask)
+    m = m > 0 if m.dtype != bool else m
+    if m.shape != tuple(shape[:2]):
+        raise InvalidInputError(f"mask {m.shape} does not match the image {shape[:2]}")
+    return m
+
+
+def masked_psnr(
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray, data_range: float = 1.0, cap: float = 100.0
+) -> float:
+    """PSNR (dB) over the pixels where ``mask`` is set (all channels); ``cap`` for identical pixels."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    m = _mask(mask, a.shape)
+    if not m.any():
+        raise InvalidInputError("masked_psnr: the mask is empty")
+    mse = float(np.mean((a[m] - b[m]) ** 2))
+    return cap if mse == 0 else min(cap, 10 * math.log10(data_range**2 / mse))
+
+
+def _gaussian_window(sigma: float, radius: int) -> np.ndarray:
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-(x**2) / (2 * sigma**2))
+    return w / w.sum()
+
+
+def _blur(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Separable filter of ``x [H, W]`` with symmetric padding (same size out)."""
+    r = len(w) // 2
+    h, wd = x.shape
+    xp = np.pad(x, ((r, r), (0, 0)), mode="symmetric")
+    y = sum(w[k] * xp[k : k + h] for k in range(len(w)))
+    yp = np.pad(y, ((0, 0), (r, r)), mode="symmetric")
+    return sum(w[k] * yp[:, k : k + wd] for k in range(len(w)))
+
+
+def ssim_map(
+    a: np.ndarray, b: np.ndarray, data_range: float = 1.0, sigma: float = 1.5, radius: int = 5
+) -> np.ndarray:
+    """Per-pixel SSIM (Wang et al. 2004: Gaussian 11×11 window, σ = 1.5, K1 = 0.01, K2 = 0.03),
+    averaged over channels for ``[H, W, C]`` inputs."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise InvalidInputError(f"ssim: shapes differ {a.shape} vs {b.shape}")
+    if a.ndim == 3:
+        return np.mean(
+            [ssim_map(a[..., c], b[..., c], data_range, sigma, radius) for c in range(a.shape[2])], axis=0
+        )
+    w = _gaussian_window(sigma, radius)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = _blur(a, w), _blur(b, w)
+    var_a = _blur(a * a, w) - mu_a**2
+    var_b = _blur(b * b, w) - mu_b**2
+    cov = _blur(a * b, w) - mu_a * mu_b
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+
+
+def masked_ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray, data_range: float = 1.0) -> float:
+    """Mean of the SSIM map over the pixels where ``mask`` is set (windows see the context)."""
+    m = _mask(mask, np.shape(a))
+    if not m.any():
+        raise InvalidInputError("masked_ssim: the mask is empty")
+    return float(ssim_map(a, b, data_range)[m].mean())

@@ -9,14 +9,13 @@ outputs and the output image. Paired per (case, seed) against the baseline: late
 similarity per step (the latents carry the shared seed noise, so this is a forgiving measure; the
 velocity cosine — the transformer output — shows the quantisation error directly), PSNR and SSIM inside the
 paste region (alpha > 0: every pixel the generator may change), agreement of the classifier's
-predicted category, and the transformer's file size. numpy only (SSIM written here).
+predicted category, and the transformer's file size. numpy only (SSIM: :mod:`~unidg_rt.evaluation.metrics`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from unidg_rt.artifacts.io import atomic_write_json, jsonable
 from unidg_rt.errors import InvalidInputError
 from unidg_rt.evaluation.cases import build_eval_set, default_categories
 from unidg_rt.evaluation.evaluator import evaluate
+from unidg_rt.evaluation.metrics import cosine, masked_psnr, masked_ssim
 from unidg_rt.evaluation.variants import Variant
 
 logger = logging.getLogger(__name__)
@@ -43,90 +43,23 @@ THRESHOLDS = {
 #: deployment targets → (preferred quantised precisions in order, float fallback, why)
 TARGETS = {
     "Data-centre GPU (Hopper/Blackwell, full TensorRT)": (
-        ("fp8",), "bf16", "FP8 tensor cores; BF16 keeps FLUX's activation range (FP16 can overflow at full size). "
-        "TensorRT-RTX does not target sm 9.0/10.0: build with full TensorRT on the GPU."),
+        ("fp8",),
+        "bf16",
+        "FP8 tensor cores; BF16 keeps FLUX's activation range (FP16 can overflow at full size). "
+        "TensorRT-RTX does not target sm 9.0/10.0: build with full TensorRT on the GPU.",
+    ),
     "RTX PC (TensorRT-RTX: Ada sm 8.9 / Blackwell sm 12.x; Ampere sm 8.6)": (
-        ("fp8",), "fp16", "FP8 on Ada and Blackwell only; FP16 everywhere (Ampere has no FP8). "
-        "Plans AOT-build here for 8.6/8.9/12.0."),
+        ("fp8",),
+        "fp16",
+        "FP8 on Ada and Blackwell only; FP16 everywhere (Ampere has no FP8). "
+        "Plans AOT-build here for 8.6/8.9/12.0.",
+    ),
     "Jetson Orin (JetPack 6, TensorRT 10.3, sm 8.7)": (
-        ("int8",), "fp16", "no FP8 on Orin; INT8 halves weights and bandwidth on unified memory "
-        "(see runtime/jetson/README.md)."),
-}  # fmt: skip
-
-
-# ---------------------------------------------------------------------- pure metrics
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
-        return 1.0 if na == nb else 0.0
-    return float(a @ b / (na * nb))
-
-
-def _mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    m = np.asarray(mask)
-    m = m > 0 if m.dtype != bool else m
-    if m.shape != tuple(shape[:2]):
-        raise InvalidInputError(f"mask {m.shape} does not match the image {shape[:2]}")
-    return m
-
-
-def masked_psnr(
-    a: np.ndarray, b: np.ndarray, mask: np.ndarray, data_range: float = 1.0, cap: float = 100.0
-) -> float:
-    """PSNR (dB) over the pixels where ``mask`` is set (all channels); ``cap`` for identical pixels."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    m = _mask(mask, a.shape)
-    if not m.any():
-        raise InvalidInputError("masked_psnr: the mask is empty")
-    mse = float(np.mean((a[m] - b[m]) ** 2))
-    return cap if mse == 0 else min(cap, 10 * math.log10(data_range**2 / mse))
-
-
-def _gaussian_window(sigma: float, radius: int) -> np.ndarray:
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    w = np.exp(-(x**2) / (2 * sigma**2))
-    return w / w.sum()
-
-
-def _blur(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Separable filter of ``x [H, W]`` with symmetric padding (same size out)."""
-    r = len(w) // 2
-    h, wd = x.shape
-    xp = np.pad(x, ((r, r), (0, 0)), mode="symmetric")
-    y = sum(w[k] * xp[k : k + h] for k in range(len(w)))
-    yp = np.pad(y, ((0, 0), (r, r)), mode="symmetric")
-    return sum(w[k] * yp[:, k : k + wd] for k in range(len(w)))
-
-
-def ssim_map(
-    a: np.ndarray, b: np.ndarray, data_range: float = 1.0, sigma: float = 1.5, radius: int = 5
-) -> np.ndarray:
-    """Per-pixel SSIM (Wang et al. 2004: Gaussian 11×11 window, σ = 1.5, K1 = 0.01, K2 = 0.03),
-    averaged over channels for ``[H, W, C]`` inputs."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        raise InvalidInputError(f"ssim: shapes differ {a.shape} vs {b.shape}")
-    if a.ndim == 3:
-        return np.mean(
-            [ssim_map(a[..., c], b[..., c], data_range, sigma, radius) for c in range(a.shape[2])], axis=0
-        )
-    w = _gaussian_window(sigma, radius)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_a, mu_b = _blur(a, w), _blur(b, w)
-    var_a = _blur(a * a, w) - mu_a**2
-    var_b = _blur(b * b, w) - mu_b**2
-    cov = _blur(a * b, w) - mu_a * mu_b
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-
-
-def masked_ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray, data_range: float = 1.0) -> float:
-    """Mean of the SSIM map over the pixels where ``mask`` is set (windows see the context)."""
-    m = _mask(mask, np.shape(a))
-    if not m.any():
-        raise InvalidInputError("masked_ssim: the mask is empty")
-    return float(ssim_map(a, b, data_range)[m].mean())
+        ("int8",),
+        "fp16",
+        "no FP8 on Orin; INT8 halves weights and bandwidth on unified memory (see runtime/jetson/README.md).",
+    ),
+}
 
 
 # ---------------------------------------------------------------------- recording
@@ -166,8 +99,14 @@ class _Recording:
             out = self._pipe(**kwargs, callback_on_step_end=on_step)
         finally:
             backend.transformer = runner
-        self.records.append({"latents": latents, "velocities": velocities, "image": np.asarray(out.images[0], np.float32),
-                             "alpha": np.asarray(out.masks, np.float32)})  # fmt: skip
+        self.records.append(
+            {
+                "latents": latents,
+                "velocities": velocities,
+                "image": np.asarray(out.images[0], np.float32),
+                "alpha": np.asarray(out.masks, np.float32),
+            }
+        )
         return out
 
 
@@ -206,8 +145,12 @@ def _quant_info(onnx_dir: Path, art: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     v = q.get("validation") or {}
-    return {"quantizer": q.get("backend"), "high_precision": q.get("high_precision"),
-            "coverage": v.get("coverage"), "calibration_samples": q.get("calibration_samples")}  # fmt: skip
+    return {
+        "quantizer": q.get("backend"),
+        "high_precision": q.get("high_precision"),
+        "coverage": v.get("coverage"),
+        "calibration_samples": q.get("calibration_samples"),
+    }
 
 
 def compare_precisions(
@@ -255,8 +198,16 @@ def compare_precisions(
         cats = list(categories) if categories else default_categories(base._pipe)
         cases = build_eval_set(num_cases, cats, modes=list(modes), size=size)
     variants = [Variant(p, pipeline=pipes[p], adapter_scales=None, note=_note(pipes[p])) for p in names]
-    ev = evaluate(base, cases, variants, num_seeds=num_seeds, num_inference_steps=num_inference_steps,
-                  classifier=classifier, classifier_cache=classifier_cache, progress=progress)  # fmt: skip
+    ev = evaluate(
+        base,
+        cases,
+        variants,
+        num_seeds=num_seeds,
+        num_inference_steps=num_inference_steps,
+        classifier=classifier,
+        classifier_cache=classifier_cache,
+        progress=progress,
+    )
 
     results: dict[str, dict[str, Any]] = {}
     ref = base.records
@@ -265,10 +216,18 @@ def compare_precisions(
         recs = pipes[p].records
         if len(recs) != len(ref):
             raise InvalidInputError(f"{p}: {len(recs)} images recorded, baseline {len(ref)}")
-        steps = np.array([[cosine(a, b) for a, b in zip(r["latents"], q["latents"], strict=True)]
-                          for r, q in zip(ref, recs, strict=True)])  # fmt: skip
-        vel = np.array([[cosine(a, b) for a, b in zip(r["velocities"], q["velocities"], strict=True)]
-                        for r, q in zip(ref, recs, strict=True)])  # fmt: skip
+        steps = np.array(
+            [
+                [cosine(a, b) for a, b in zip(r["latents"], q["latents"], strict=True)]
+                for r, q in zip(ref, recs, strict=True)
+            ]
+        )
+        vel = np.array(
+            [
+                [cosine(a, b) for a, b in zip(r["velocities"], q["velocities"], strict=True)]
+                for r, q in zip(ref, recs, strict=True)
+            ]
+        )
         psnr = [masked_psnr(r["image"], q["image"], r["alpha"] > 0) for r, q in zip(ref, recs, strict=True)]
         ssim = [masked_ssim(r["image"], q["image"], r["alpha"] > 0) for r, q in zip(ref, recs, strict=True)]
         pred = [r["predicted"] for r in ev.per_image[p]]
@@ -298,10 +257,23 @@ def compare_precisions(
         if p != baseline:
             results[p]["passes"] = _passes(results[p], thresholds)
     evaluation = {k: v for k, v in ev.to_dict().items() if k != "per_image"}
-    settings = {**ev.settings, "onnx_dir": str(onnx_dir), "baseline": baseline, "precisions": names,
-                "region": "paste alpha > 0", "backend": base.backend.info}  # fmt: skip
-    return PrecisionReport(settings, results, recommend(results, baseline), thresholds, evaluation,
-                           time.perf_counter() - t0, list(ev.notes))  # fmt: skip
+    settings = {
+        **ev.settings,
+        "onnx_dir": str(onnx_dir),
+        "baseline": baseline,
+        "precisions": names,
+        "region": "paste alpha > 0",
+        "backend": base.backend.info,
+    }
+    return PrecisionReport(
+        settings,
+        results,
+        recommend(results, baseline),
+        thresholds,
+        evaluation,
+        time.perf_counter() - t0,
+        list(ev.notes),
+    )
 
 
 def _note(rec: _Recording) -> str:
@@ -339,30 +311,64 @@ def report_markdown(report: PrecisionReport) -> str:
     s, th = report.settings, report.thresholds
     names = list(report.precisions)
     rows = [
-        ("latent cosine vs fp32, per step (mean)", lambda m: " / ".join(f"{c:.5f}" for c in m["latent_cosine_per_step"])),
-        (f"latent cosine, worst image+step (≥ {th['latent_cosine_min']})", lambda m: f"{m['latent_cosine_min']:.5f}"),
-        ("transformer output (velocity) cosine, worst call — the direct quantisation error",
-         lambda m: f"{m['velocity_cosine_min']:.5f}"),
-        (f"PSNR in paste region, dB (mean ≥ {th['psnr_mask_db']:g}; worst)",
-         lambda m: f"{m['psnr_mask_db']:.1f}; {m['psnr_mask_db_min']:.1f}"),
-        (f"SSIM in paste region (mean ≥ {th['ssim_mask']}; worst)", lambda m: f"{m['ssim_mask']:.4f}; {m['ssim_mask_min']:.4f}"),
+        (
+            "latent cosine vs fp32, per step (mean)",
+            lambda m: " / ".join(f"{c:.5f}" for c in m["latent_cosine_per_step"]),
+        ),
+        (
+            f"latent cosine, worst image+step (≥ {th['latent_cosine_min']})",
+            lambda m: f"{m['latent_cosine_min']:.5f}",
+        ),
+        (
+            "transformer output (velocity) cosine, worst call — the direct quantisation error",
+            lambda m: f"{m['velocity_cosine_min']:.5f}",
+        ),
+        (
+            f"PSNR in paste region, dB (mean ≥ {th['psnr_mask_db']:g}; worst)",
+            lambda m: f"{m['psnr_mask_db']:.1f}; {m['psnr_mask_db_min']:.1f}",
+        ),
+        (
+            f"SSIM in paste region (mean ≥ {th['ssim_mask']}; worst)",
+            lambda m: f"{m['ssim_mask']:.4f}; {m['ssim_mask_min']:.4f}",
+        ),
         ("category consistency (classifier top-1)", lambda m: f"{m['consistency']:.0%}"),
         (f"same category as fp32 (≥ {th['agreement']:.0%})", lambda m: f"{m['agreement']:.0%}"),
         ("background max error (levels)", lambda m: f"{m['background_max_error']:.0f}"),
         ("transformer ONNX size", lambda m: f"{m['transformer_bytes'] / 1e6:.2f} MB"),
-        ("VAE precision; pipeline ONNX size", lambda m: f"{m['vae_precision']}; {m['pipeline_bytes'] / 1e6:.2f} MB"),
-        ("quantiser / rest of graph", lambda m: f"{m.get('quantizer') or '–'} / {m.get('high_precision') or '–'}"),
+        (
+            "VAE precision; pipeline ONNX size",
+            lambda m: f"{m['vae_precision']}; {m['pipeline_bytes'] / 1e6:.2f} MB",
+        ),
+        (
+            "quantiser / rest of graph",
+            lambda m: f"{m.get('quantizer') or '–'} / {m.get('high_precision') or '–'}",
+        ),
         ("seconds per image (ORT CPU)", lambda m: f"{m['s_per_image']:.2f}"),
-        ("passes thresholds", lambda m: "–" if "passes" not in m else ("yes" if all(m["passes"].values()) else
-                                                                         "no: " + ", ".join(k for k, v in m["passes"].items() if not v))),
-    ]  # fmt: skip
+        (
+            "passes thresholds",
+            lambda m: (
+                "–"
+                if "passes" not in m
+                else (
+                    "yes"
+                    if all(m["passes"].values())
+                    else "no: " + ", ".join(k for k, v in m["passes"].items() if not v)
+                )
+            ),
+        ),
+    ]
     lines = ["| metric | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
     for label, fmt in rows:
         lines.append(f"| {label} | " + " | ".join(fmt(report.precisions[n]) for n in names) + " |")
-    lines += ["", f"{s['num_cases']} held-out cases × {s['num_seeds']} seed(s), {s['num_inference_steps']} steps, "
-              f"generation {s['generation_size'][0]}×{s['generation_size'][1]}, same seeds for every precision; "
-              f"model: {s.get('model') or 'unnamed'}.", "",
-              "| target | recommended | otherwise | why |", "|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        f"{s['num_cases']} held-out cases × {s['num_seeds']} seed(s), {s['num_inference_steps']} steps, "
+        f"generation {s['generation_size'][0]}×{s['generation_size'][1]}, same seeds for every precision; "
+        f"model: {s.get('model') or 'unnamed'}.",
+        "",
+        "| target | recommended | otherwise | why |",
+        "|---|---|---|---|",
+    ]
     for target, r in report.recommendations.items():
         lines.append(f"| {target} | {r['precision']} | {r['alternative']} | {r['why']} |")
     return "\n".join(lines) + "\n"

@@ -35,8 +35,11 @@ class EvalReport:
 
 def report_markdown(report: EvalReport) -> str:
     """The side-by-side table as GitHub markdown (for the README)."""
-    cols = {**report.variants, "real (reference)": report.baselines["real"],
-            "flat fill (reference)": report.baselines["flat_fill"]}  # fmt: skip
+    cols = {
+        **report.variants,
+        "real (reference)": report.baselines["real"],
+        "flat fill (reference)": report.baselines["flat_fill"],
+    }
     rows = [
         ("defect presence: mean abs diff in mask", "presence_mean", "{:.3f}"),
         (f"defect presence: rate > {report.settings['presence_threshold']}", "presence_rate", "{:.0%}"),

@@ -51,7 +51,7 @@ def default_variants(pipeline) -> list[Variant]:
     return [
         Variant("SFT", call_kwargs={"segments": sft_segments}, adapter_scales=off, note=sft_note),
         Variant("SFT+APO", call_kwargs={"segments": segments}, adapter_scales=apo, note=apo_note),
-    ]  # fmt: skip
+    ]
 
 
 def apply_adapter_scales(pipe, scales: dict[str, float] | None) -> None:

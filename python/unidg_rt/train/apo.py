@@ -75,8 +75,13 @@ def apo_loss(
     return -F.logsigmoid(-beta_t * margin).mean()
 
 
-def apo_errors(model: FluxTransformer, mgr: AdapterManager, batch: FlowBatch, name: str = ADAPTER,
-               weights: tuple[torch.Tensor, ...] | None = None):  # fmt: skip
+def apo_errors(
+    model: FluxTransformer,
+    mgr: AdapterManager,
+    batch: FlowBatch,
+    name: str = ADAPTER,
+    weights: tuple[torch.Tensor, ...] | None = None,
+):
     """``(err_θ, err_ref)`` per sample: with the adapter at strength 1, and off (no grad),
     weighted by ``batch.weights``; with ``weights`` (a tuple of ``[B, N_img]``) one such pair per
     weighting, from the same two forward passes."""
@@ -92,8 +97,15 @@ def apo_errors(model: FluxTransformer, mgr: AdapterManager, batch: FlowBatch, na
     return pairs if weights is not None else pairs[0]
 
 
-def apo_step_batch(lat: LatentSet, table: CategoryTable, recipe: APORecipe, sft, seed: int, step: int,
-                   pool: np.ndarray | None = None):  # fmt: skip
+def apo_step_batch(
+    lat: LatentSet,
+    table: CategoryTable,
+    recipe: APORecipe,
+    sft,
+    seed: int,
+    step: int,
+    pool: np.ndarray | None = None,
+):
     """A mixed batch like SFT's (same guidance, λ, weighting), from APO's own random stream.
 
     With a loser ``pool`` the samples are drawn from it (in their own mode); returns
@@ -107,11 +119,19 @@ def apo_step_batch(lat: LatentSet, table: CategoryTable, recipe: APORecipe, sft,
         idx = pool[pos]
         use = torch.ones(len(idx), dtype=torch.bool)
     batch = flow_batch(
-        lat, idx, use, table, gen, guidance=sft.guidance, group_bias_lambda=sft.group_bias_lambda,
-        context_weight=sft.context_weight, defect_weight=sft.defect_weight,
-        logit_mean=sft.logit_mean, logit_std=sft.logit_std,
+        lat,
+        idx,
+        use,
+        table,
+        gen,
+        guidance=sft.guidance,
+        group_bias_lambda=sft.group_bias_lambda,
+        context_weight=sft.context_weight,
+        defect_weight=sft.defect_weight,
+        logit_mean=sft.logit_mean,
+        logit_std=sft.logit_std,
         time_shift=sft.time_shift,
-    )  # fmt: skip
+    )
     return batch, pos
 
 
@@ -133,8 +153,16 @@ def train_apo(
     pool = losers = None
     if recipe.negatives == "self":  # sampled before the adapter exists: the frozen SFT model's
         pool = negative_pool(lat, recipe.num_negatives, seed + recipe.data_seed_offset)
-        losers = sample_losers(model, table, lat, pool, sft_recipe, seed + recipe.data_seed_offset,
-                               recipe.negative_steps, recipe.negative_cfg)  # fmt: skip
+        losers = sample_losers(
+            model,
+            table,
+            lat,
+            pool,
+            sft_recipe,
+            seed + recipe.data_seed_offset,
+            recipe.negative_steps,
+            recipe.negative_cfg,
+        )
     torch.manual_seed(seed + recipe.data_seed_offset)
     mgr = AdapterManager(model)
     ad = mgr.add(ADAPTER, rank=recipe.rank, alpha=recipe.alpha, gated=True)
@@ -159,9 +187,15 @@ def train_apo(
     ckpt = Checkpointer(ckpt_path, checkpoint_every_s) if ckpt_path is not None else None
 
     def snapshot(step):
-        return {"step": step, "adapter": trainable.state_dict(), "opt": opt.state_dict(), "margins": list(margins),
-                "mismatch_margins": list(mismatch_margins),
-                "wall_s": prev_wall + time.perf_counter() - t0, "losses": list(log.values)}  # fmt: skip
+        return {
+            "step": step,
+            "adapter": trainable.state_dict(),
+            "opt": opt.state_dict(),
+            "margins": list(margins),
+            "mismatch_margins": list(mismatch_margins),
+            "wall_s": prev_wall + time.perf_counter() - t0,
+            "losses": list(log.values),
+        }
 
     for step in range(start, recipe.steps):
         batch, pos = apo_step_batch(lat, table, recipe, sft_recipe, seed, step, pool)
@@ -203,15 +237,22 @@ def train_apo(
     trainable.requires_grad_(False)
     w = min(20, max(1, len(margins) // 4))
     summary = {
-        "steps": recipe.steps, "wall_s": round(wall, 1), **log.summary(),
+        "steps": recipe.steps,
+        "wall_s": round(wall, 1),
+        **log.summary(),
         "margin_start": float(sum(margins[:w]) / w) if margins else None,
         "margin_end": float(sum(margins[-w:]) / w) if margins else None,
         **(
-            {"mismatch_margin_start": sum(mismatch_margins[:w]) / w, "mismatch_margin_end": sum(mismatch_margins[-w:]) / w}
+            {
+                "mismatch_margin_start": sum(mismatch_margins[:w]) / w,
+                "mismatch_margin_end": sum(mismatch_margins[-w:]) / w,
+            }
             if mismatch_margins
             else {}
         ),
-        "gate_k_at_t": {f"{t:.2f}": round(float(ad.gate(torch.tensor([t]))[0].mean()), 4)
-                        for t in (0.0, 0.25, 0.5, 0.75, 1.0)},
-    }  # fmt: skip
+        "gate_k_at_t": {
+            f"{t:.2f}": round(float(ad.gate(torch.tensor([t]))[0].mean()), 4)
+            for t in (0.0, 0.25, 0.5, 0.75, 1.0)
+        },
+    }
     return mgr, summary

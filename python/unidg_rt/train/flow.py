@@ -27,8 +27,15 @@ class CategoryTable(nn.Module):
     """Learned "text" conditioning per defect category: ``[C, T, D]`` + pooled ``[C, P]``, and
     the optional reference encoder that conditions reference-mode samples."""
 
-    def __init__(self, num: int, seq_len: int, dim: int, pooled_dim: int, init_std: float = 0.5,
-                 encoder: ReferenceEncoder | None = None):  # fmt: skip
+    def __init__(
+        self,
+        num: int,
+        seq_len: int,
+        dim: int,
+        pooled_dim: int,
+        init_std: float = 0.5,
+        encoder: ReferenceEncoder | None = None,
+    ):
         super().__init__()
         self.embeds = nn.Parameter(torch.randn(num, seq_len, dim) * init_std)
         self.pooled = nn.Parameter(torch.randn(num, pooled_dim) * init_std)
@@ -93,8 +100,15 @@ class FlowBatch:
         z = scale_noise(x0, self.noise, self.sigma[:, None, None])
         hidden = self.feed["hidden_states"]  # [B, N_img, 64 + 320]
         feed = {**self.feed, "hidden_states": torch.cat([z, hidden[..., z.shape[-1] :]], dim=2)}
-        return FlowBatch(feed=feed, sigma=self.sigma, target=self.noise - x0, weights=self.weights,
-                         noise=self.noise, index=self.index, encoded=self.encoded)  # fmt: skip
+        return FlowBatch(
+            feed=feed,
+            sigma=self.sigma,
+            target=self.noise - x0,
+            weights=self.weights,
+            noise=self.noise,
+            index=self.index,
+            encoded=self.encoded,
+        )
 
 
 def sample_sigmas(
@@ -172,8 +186,15 @@ def batch_to(batch: FlowBatch, device) -> FlowBatch:
         return batch
     mv = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
     feed = {k: mv(v) for k, v in batch.feed.items()}
-    return FlowBatch(feed=feed, sigma=mv(batch.sigma), target=mv(batch.target), weights=mv(batch.weights),
-                     noise=mv(batch.noise), index=batch.index, encoded=batch.encoded)  # fmt: skip
+    return FlowBatch(
+        feed=feed,
+        sigma=mv(batch.sigma),
+        target=mv(batch.target),
+        weights=mv(batch.weights),
+        noise=mv(batch.noise),
+        index=batch.index,
+        encoded=batch.encoded,
+    )
 
 
 def predict(model: FluxTransformer, batch: FlowBatch) -> torch.Tensor:

@@ -88,11 +88,21 @@ class FreshStream:
             return False
         j = step // self.every - 1  # refresh number
         slot = j % self.num_pairs
-        fresh = encode_diptych_set(self.vae, rows_to_set(pair_rows(self.data, self.seed, self.num_pairs + j,
-                                                                   self.cats), self.cats))  # fmt: skip
+        fresh = encode_diptych_set(
+            self.vae, rows_to_set(pair_rows(self.data, self.seed, self.num_pairs + j, self.cats), self.cats)
+        )
         rows = slice(4 * slot, 4 * slot + 4)
-        for name in ("x0", "cond", "mask", "groups", "category", "text_mode", "defect", "reference",
-                     "reference_mask"):  # fmt: skip
+        for name in (
+            "x0",
+            "cond",
+            "mask",
+            "groups",
+            "category",
+            "text_mode",
+            "defect",
+            "reference",
+            "reference_mask",
+        ):
             dst = getattr(lat, name)
             if dst is not None:
                 dst[rows] = getattr(fresh, name).to(dst.dtype)
@@ -110,9 +120,17 @@ def heldout_latents(vae, data: DataRecipe, seed: int, num_pairs: int, copies: bo
 
 
 @torch.no_grad()
-def heldout_losses(model, table, lat: LatentSet, recipe: SFTRecipe, seed: int, device="cpu",
-                   n_batches: int = 4, prefix: str = "heldout",
-                   modes: tuple[str, ...] = ("ref", "text")) -> dict[str, float]:  # fmt: skip
+def heldout_losses(
+    model,
+    table,
+    lat: LatentSet,
+    recipe: SFTRecipe,
+    seed: int,
+    device="cpu",
+    n_batches: int = 4,
+    prefix: str = "heldout",
+    modes: tuple[str, ...] = ("ref", "text"),
+) -> dict[str, float]:
     """Flow loss on fixed batches of ``lat``: reference mode and text mode separately, full
     conditioning (the same draw every call, so the curve is comparable across steps and runs)."""
     from unidg_rt.train.common import step_rng
@@ -127,10 +145,20 @@ def heldout_losses(model, table, lat: LatentSet, recipe: SFTRecipe, seed: int, d
             rng, gen = step_rng(seed + 20_000 + int(text), "sft", i)
             idx = idx_all[rng.integers(0, len(idx_all), recipe.batch_size)]
             keep = torch.ones(len(idx), dtype=torch.bool)
-            b = flow_batch(lat, idx, keep, table, gen, guidance=recipe.guidance,
-                           group_bias_lambda=recipe.group_bias_lambda, context_weight=recipe.context_weight,
-                           defect_weight=recipe.defect_weight, logit_mean=recipe.logit_mean,
-                           logit_std=recipe.logit_std, time_shift=recipe.time_shift)  # fmt: skip
+            b = flow_batch(
+                lat,
+                idx,
+                keep,
+                table,
+                gen,
+                guidance=recipe.guidance,
+                group_bias_lambda=recipe.group_bias_lambda,
+                context_weight=recipe.context_weight,
+                defect_weight=recipe.defect_weight,
+                logit_mean=recipe.logit_mean,
+                logit_std=recipe.logit_std,
+                time_shift=recipe.time_shift,
+            )
             b = batch_to(b, device)
             vals.append(float(weighted_mse(predict(model, b), b.target, b.weights).mean()))
         out[f"{prefix}_{mode}"] = round(float(np.mean(vals)), 5)

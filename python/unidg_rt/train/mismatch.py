@@ -84,5 +84,12 @@ def mismatch_batch(
         t_len = feed["encoder_hidden_states"].shape[1]
         img_groups = torch.where(left[..., 0], lat.groups[d], feed["token_groups"][:, t_len:])
         feed["token_groups"] = torch.cat([feed["token_groups"][:, :t_len], img_groups], dim=1)
-    return FlowBatch(feed=feed, sigma=batch.sigma, target=batch.target, weights=target_weights(batch, lat),
-                     noise=batch.noise, index=batch.index, encoded=None)  # fmt: skip
+    return FlowBatch(
+        feed=feed,
+        sigma=batch.sigma,
+        target=batch.target,
+        weights=target_weights(batch, lat),
+        noise=batch.noise,
+        index=batch.index,
+        encoded=None,
+    )

@@ -56,8 +56,16 @@ def sample_losers(
         part = np.asarray(idx[s : s + batch])
         gen = torch.Generator().manual_seed(seed + s)
         keep = torch.ones(len(part), dtype=torch.bool)
-        fb = flow_batch(lat, part, keep, table, gen, guidance=sft.guidance, group_bias_lambda=sft.group_bias_lambda,
-                        context_weight=sft.context_weight)  # fmt: skip
+        fb = flow_batch(
+            lat,
+            part,
+            keep,
+            table,
+            gen,
+            guidance=sft.guidance,
+            group_bias_lambda=sft.group_bias_lambda,
+            context_weight=sft.context_weight,
+        )
         x0 = pack_latents(lat.x0[torch.as_tensor(part)])  # [B, N_img, 64]
         cond = fb.feed["hidden_states"][..., x0.shape[-1] :]  # [B, N_img, 320]: masked latents + mask
         z = torch.randn(x0.shape, generator=gen)

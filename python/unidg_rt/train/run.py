@@ -73,9 +73,14 @@ class Run:
 
     def _record(self, stage: str, entry: dict[str, Any]) -> None:
         update_report(
-            self.report, stage, entry, seed=self.recipe.seed, recipe=self.recipe.to_dict(),
-            environment=environment(), note="CPU training, shared 2-core machine, 1 torch thread",
-        )  # fmt: skip
+            self.report,
+            stage,
+            entry,
+            seed=self.recipe.seed,
+            recipe=self.recipe.to_dict(),
+            environment=environment(),
+            note="CPU training, shared 2-core machine, 1 torch thread",
+        )
         self.record_files()  # after every stage, so stage-by-stage runs report current sizes
 
     # ------------------------------------------------------------------ data
@@ -84,9 +89,15 @@ class Run:
             t0 = time.perf_counter()
             self._dset = build_diptych_set(self.recipe.data, self.recipe.seed)
             wall = time.perf_counter() - t0
-            self._record("data", {"wall_s": round(wall, 1), "num_diptychs": len(self._dset),
-                                  "num_pairs": self.recipe.data.num_pairs,
-                                  "categories": len(self._dset.categories)})  # fmt: skip
+            self._record(
+                "data",
+                {
+                    "wall_s": round(wall, 1),
+                    "num_diptychs": len(self._dset),
+                    "num_pairs": self.recipe.data.num_pairs,
+                    "categories": len(self._dset.categories),
+                },
+            )
         return self._dset
 
     # ------------------------------------------------------------------ stages
@@ -99,9 +110,16 @@ class Run:
 
             vae = load_vae(r.vae.from_checkpoint, dtype=torch.float32).float()
             save_vae(self.path("vae.safetensors"), vae)
-            self._record("vae", {"from_checkpoint": str(r.vae.from_checkpoint), "steps": 0, "wall_s": 0.0,
-                                 "params": sum(p.numel() for p in vae.parameters()),
-                                 "config": vae.config.to_dict()})  # fmt: skip
+            self._record(
+                "vae",
+                {
+                    "from_checkpoint": str(r.vae.from_checkpoint),
+                    "steps": 0,
+                    "wall_s": 0.0,
+                    "params": sum(p.numel() for p in vae.parameters()),
+                    "config": vae.config.to_dict(),
+                },
+            )
             return vae
         dset = self.diptychs()
         _, vcfg = arch_configs(self.recipe)
@@ -112,14 +130,29 @@ class Run:
         save_vae(self.path("vae.safetensors"), vae)
         self._ckpt("vae").unlink(missing_ok=True)
         params = sum(p.numel() for p in vae.parameters())
-        self._record("vae", {**summary, **stats, **reconstruction_error(vae, dset), "params": params,
-                             "config": vae.config.to_dict()})  # fmt: skip
+        self._record(
+            "vae",
+            {
+                **summary,
+                **stats,
+                **reconstruction_error(vae, dset),
+                "params": params,
+                "config": vae.config.to_dict(),
+            },
+        )
         return vae
 
     def latents(self, vae) -> LatentSet:
         """Encode once; cached in ``latents.pt`` keyed by seed, data recipe and VAE config."""
-        key = json.dumps({"format": 3, "seed": self.recipe.seed, "data": self.recipe.to_dict()["data"],
-                          "vae": vae.config.to_dict()}, sort_keys=True)  # fmt: skip
+        key = json.dumps(
+            {
+                "format": 3,
+                "seed": self.recipe.seed,
+                "data": self.recipe.to_dict()["data"],
+                "vae": vae.config.to_dict(),
+            },
+            sort_keys=True,
+        )
         cache = self.path("latents.pt")
         if cache.is_file():
             blob = torch.load(cache, map_location="cpu", weights_only=False)
@@ -158,26 +191,47 @@ class Run:
                 heldout["heldout_copy"] = heldout_latents(
                     vae, r.data, r.seed, r.sft.heldout_pairs, copies=True
                 )
-        model, table, summary = train_sft(lat, r.sft, tcfg, r.seed, r.data.text_seq_len, self._ckpt("sft"),
-                                          r.checkpoint_every_s, device=r.device, fresh=fresh,
-                                          heldout=heldout)  # fmt: skip
+        model, table, summary = train_sft(
+            lat,
+            r.sft,
+            tcfg,
+            r.seed,
+            r.data.text_seq_len,
+            self._ckpt("sft"),
+            r.checkpoint_every_s,
+            device=r.device,
+            fresh=fresh,
+            heldout=heldout,
+        )
         if fresh is not None:
             summary["fresh_pairs"] = summary["steps"] // r.sft.fresh_every
         summary["fixed_batch_loss"] = round(fixed_batch_loss(model, lat, table, r.sft, r.seed), 5)
         defaults = card_defaults(r, with_apo=False)  # the joint encoder sees whole crops
         save_checkpoint(self.path("sft.safetensors"), model, vae, defaults=defaults)
-        save_checkpoint(self.path("model.safetensors"), model, vae, defaults=defaults,
-                        dtype=_DTYPES[r.ship.storage_dtype])  # fmt: skip
-        EmbeddingsCache.save(self.path("embeddings.safetensors"), table.entries(lat.categories),
-                             prompts=_prompts(lat.categories),
-                             encoder="unidg-rt learned category table (Diversity-SFT)")  # fmt: skip
+        save_checkpoint(
+            self.path("model.safetensors"), model, vae, defaults=defaults, dtype=_DTYPES[r.ship.storage_dtype]
+        )
+        EmbeddingsCache.save(
+            self.path("embeddings.safetensors"),
+            table.entries(lat.categories),
+            prompts=_prompts(lat.categories),
+            encoder="unidg-rt learned category table (Diversity-SFT)",
+        )
         if table.encoder is not None:
             save_reference_encoder(self.path(REFERENCE_ENCODER_FILE), table.encoder)
         self._ckpt("sft").unlink(missing_ok=True)
-        self._record("sft", {**summary, "params": sum(p.numel() for p in model.parameters()),
-                             "config": tcfg.to_dict(), "table_shape": list(table.embeds.shape),
-                             "reference_encoder_params": sum(p.numel() for p in table.encoder.parameters())
-                             if table.encoder is not None else 0})  # fmt: skip
+        self._record(
+            "sft",
+            {
+                **summary,
+                "params": sum(p.numel() for p in model.parameters()),
+                "config": tcfg.to_dict(),
+                "table_shape": list(table.embeds.shape),
+                "reference_encoder_params": sum(p.numel() for p in table.encoder.parameters())
+                if table.encoder is not None
+                else 0,
+            },
+        )
         return model, table
 
     def _table(self, categories: list[str]):
@@ -221,10 +275,17 @@ class Run:
         after = bank_accuracy(table.encoder, held, rows)
         save_reference_encoder(self.path(REFERENCE_ENCODER_FILE), table.encoder)
         sync_card_cutout(self.path("model.safetensors"), table.encoder.config.cutout)
-        self._record("refenc", {**summary, "wall_s": round(summary["wall_s"] + bank_s, 1),
-                                "bank_build_s": round(bank_s, 1), "bank_size": len(bank),
-                                "heldout_accuracy_sft_encoder": round(before, 4),
-                                "heldout_accuracy": round(after, 4)})  # fmt: skip
+        self._record(
+            "refenc",
+            {
+                **summary,
+                "wall_s": round(summary["wall_s"] + bank_s, 1),
+                "bank_build_s": round(bank_s, 1),
+                "bank_size": len(bank),
+                "heldout_accuracy_sft_encoder": round(before, 4),
+                "heldout_accuracy": round(after, 4),
+            },
+        )
         logger.info("reference encoder: held-out nearest-row accuracy %.3f -> %.3f", before, after)
         return table.encoder
 
@@ -238,14 +299,20 @@ class Run:
         lat = self.latents(vae)
         model = load_transformer(self.path("sft.safetensors"), dtype=torch.float32)
         table = self._table(lat.categories)
-        mgr, summary = train_apo(model, table, lat, r.apo, r.sft, r.seed, self._ckpt("apo"),
-                                 r.checkpoint_every_s)  # fmt: skip
+        mgr, summary = train_apo(
+            model, table, lat, r.apo, r.sft, r.seed, self._ckpt("apo"), r.checkpoint_every_s
+        )
         summary.update(apo_eval(model, mgr, lat, table, r))
         mgr.save(ADAPTER, self.path("apo.safetensors"))
         mgr.detach()
         cutout = table.encoder is not None and table.encoder.config.cutout
-        save_checkpoint(self.path("model.safetensors"), model, vae, defaults=card_defaults(r, True, cutout),
-                        dtype=_DTYPES[r.ship.storage_dtype])  # fmt: skip
+        save_checkpoint(
+            self.path("model.safetensors"),
+            model,
+            vae,
+            defaults=card_defaults(r, True, cutout),
+            dtype=_DTYPES[r.ship.storage_dtype],
+        )
         self._ckpt("apo").unlink(missing_ok=True)
         lora_params = (
             sum(v.numel() for v in mgr.state_dict(ADAPTER).values()) if ADAPTER in mgr.adapters else None

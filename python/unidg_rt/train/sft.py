@@ -55,9 +55,13 @@ def init_dit(model: FluxTransformer) -> None:
     """DiT-style init: zero adaLN modulation and output projection, so every block starts as the
     identity and the prediction starts at 0 (trains much faster than PyTorch's default init)."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and (name.endswith("norm1.linear") or name.endswith("norm1_context.linear")
-                                              or name.endswith("norm.linear") or name == "norm_out.linear"
-                                              or name == "proj_out"):  # fmt: skip
+        if isinstance(module, nn.Linear) and (
+            name.endswith("norm1.linear")
+            or name.endswith("norm1_context.linear")
+            or name.endswith("norm.linear")
+            or name == "norm_out.linear"
+            or name == "proj_out"
+        ):
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
 
@@ -68,10 +72,19 @@ def sft_step_batch(
     rng, gen = step_rng(seed, "sft", step)
     idx, use = draw_indices(lat, rng, recipe.batch_size, recipe.text_fraction, recipe.cond_dropout)
     return flow_batch(
-        lat, idx, use, table, gen, guidance=recipe.guidance, group_bias_lambda=recipe.group_bias_lambda,
-        context_weight=recipe.context_weight, defect_weight=recipe.defect_weight,
-        logit_mean=recipe.logit_mean, logit_std=recipe.logit_std, time_shift=recipe.time_shift,
-    )  # fmt: skip
+        lat,
+        idx,
+        use,
+        table,
+        gen,
+        guidance=recipe.guidance,
+        group_bias_lambda=recipe.group_bias_lambda,
+        context_weight=recipe.context_weight,
+        defect_weight=recipe.defect_weight,
+        logit_mean=recipe.logit_mean,
+        logit_std=recipe.logit_std,
+        time_shift=recipe.time_shift,
+    )
 
 
 # ----------------------------------------------------------------------------- training loop
@@ -81,11 +94,23 @@ def new_sft_models(config: FluxConfig, lat: LatentSet, text_seq_len: int, recipe
     init_dit(model)
     encoder = None
     if recipe.ref_width > 0 and lat.reference is not None:
-        encoder = ReferenceEncoder(ReferenceEncoderConfig(
-            seq_len=text_seq_len, dim=config.joint_attention_dim, pooled_dim=config.pooled_projection_dim,
-            width=recipe.ref_width, image_size=int(lat.reference.shape[1])))  # fmt: skip
-    table = CategoryTable(len(lat.categories), text_seq_len, config.joint_attention_dim,
-                          config.pooled_projection_dim, recipe.embed_init_std, encoder)  # fmt: skip
+        encoder = ReferenceEncoder(
+            ReferenceEncoderConfig(
+                seq_len=text_seq_len,
+                dim=config.joint_attention_dim,
+                pooled_dim=config.pooled_projection_dim,
+                width=recipe.ref_width,
+                image_size=int(lat.reference.shape[1]),
+            )
+        )
+    table = CategoryTable(
+        len(lat.categories),
+        text_seq_len,
+        config.joint_attention_dim,
+        config.pooled_projection_dim,
+        recipe.embed_init_std,
+        encoder,
+    )
     if recipe.init_from:
         warm_start(model, table, recipe.init_from, lat.categories)
     return model, table
@@ -127,7 +152,7 @@ def train_sft(
             [{"params": list(table.encoder.parameters()), "weight_decay": recipe.weight_decay}]
             if table.encoder is not None
             else []
-        ),  # fmt: skip
+        ),
         lr=recipe.lr,
     )
     log = LossLog("sft", recipe.steps)
@@ -151,10 +176,17 @@ def train_sft(
     ckpt = Checkpointer(ckpt_path, checkpoint_every_s) if ckpt_path is not None else None
 
     def snapshot(step):
-        return {"step": step, "model": model.state_dict(), "table": table.state_dict(), "opt": opt.state_dict(),
-                "wall_s": prev_wall + time.perf_counter() - t0, "losses": list(log.values), "curve": list(curve),
-                **({"ema": ema.state_dict()} if ema is not None else {}),
-                **({"bank": dict(lat.__dict__)} if fresh is not None else {})}  # fmt: skip
+        return {
+            "step": step,
+            "model": model.state_dict(),
+            "table": table.state_dict(),
+            "opt": opt.state_dict(),
+            "wall_s": prev_wall + time.perf_counter() - t0,
+            "losses": list(log.values),
+            "curve": list(curve),
+            **({"ema": ema.state_dict()} if ema is not None else {}),
+            **({"bank": dict(lat.__dict__)} if fresh is not None else {}),
+        }
 
     sets = heldout if isinstance(heldout, dict) or heldout is None else {"heldout": heldout}
 
@@ -173,8 +205,12 @@ def train_sft(
     for step in range(start, recipe.steps):
         if recipe.max_wall_s and prev_wall + time.perf_counter() - t0 >= recipe.max_wall_s:
             done = step
-            logger.warning("sft: sft.max_wall_s=%.0f reached at step %d of %d: stopping", recipe.max_wall_s,
-                           step, recipe.steps)  # fmt: skip
+            logger.warning(
+                "sft: sft.max_wall_s=%.0f reached at step %d of %d: stopping",
+                recipe.max_wall_s,
+                step,
+                recipe.steps,
+            )
             break
         if fresh is not None:
             fresh.refresh(lat, step)
@@ -210,8 +246,14 @@ def train_sft(
 
 
 @torch.no_grad()
-def fixed_batch_loss(model: FluxTransformer, lat: LatentSet, table: CategoryTable, recipe: SFTRecipe,
-                     seed: int, n_batches: int = 4) -> float:  # fmt: skip
+def fixed_batch_loss(
+    model: FluxTransformer,
+    lat: LatentSet,
+    table: CategoryTable,
+    recipe: SFTRecipe,
+    seed: int,
+    n_batches: int = 4,
+) -> float:
     """Loss on a few fixed held-out-stream batches (same draw every call): a stable metric."""
     vals = []
     for i in range(n_batches):

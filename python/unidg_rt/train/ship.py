@@ -67,8 +67,13 @@ def sample_pair(recipe: ShipRecipe):
     visible category on *another* item (deterministic in the recipe)."""
     from unidg_rt.data import make_reference_pair
 
-    return make_reference_pair(recipe.sample_seed, recipe.sample_category, recipe.sample_surface,
-                               recipe.sample_target_surface, tuple(recipe.sample_size))  # fmt: skip
+    return make_reference_pair(
+        recipe.sample_seed,
+        recipe.sample_category,
+        recipe.sample_surface,
+        recipe.sample_target_surface,
+        tuple(recipe.sample_size),
+    )
 
 
 def write_samples(dest: Path, recipe: ShipRecipe) -> dict[str, Any]:
@@ -84,8 +89,13 @@ def write_samples(dest: Path, recipe: ShipRecipe) -> dict[str, Any]:
     }
     for name, im in images.items():
         im.save(dest / name)
-    info = {"category": pair.category, "reference_surface": pair.reference.surface,
-            "target_surface": pair.target.surface, "seed": recipe.sample_seed, "size": list(recipe.sample_size)}  # fmt: skip
+    info = {
+        "category": pair.category,
+        "reference_surface": pair.reference.surface,
+        "target_surface": pair.target.surface,
+        "seed": recipe.sample_seed,
+        "size": list(recipe.sample_size),
+    }
     logger.info("wrote samples to %s: %s", dest, json.dumps(info))
     return info
 
@@ -106,8 +116,9 @@ def _fit(img: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BICUBIC))
 
 
-def preview_grid(model_path: Path, path: Path, pairs, seed: int = 0, side: int = 128,
-                 text_mode: bool = False) -> Path:  # fmt: skip
+def preview_grid(
+    model_path: Path, path: Path, pairs, seed: int = 0, side: int = 128, text_mode: bool = False
+) -> Path:
     """Rows per pair: reference | target (mask outlined) | SFT | SFT+APO (default segments) | GT.
     Columns are the full images resized to ``side``; ``text_mode`` uses the category instead."""
     from PIL import Image
@@ -123,8 +134,10 @@ def preview_grid(model_path: Path, path: Path, pairs, seed: int = 0, side: int =
             args["defect_category"] = pair.category
         else:
             args.update(reference_image=pair.reference.abnormal, reference_mask=pair.reference.mask)
-        cols = [pair.reference.abnormal if not text_mode else np.full_like(pair.target.normal, 128),
-                _outline(pair.target.normal, pair.target.mask)]  # fmt: skip
+        cols = [
+            pair.reference.abnormal if not text_mode else np.full_like(pair.target.normal, 128),
+            _outline(pair.target.normal, pair.target.mask),
+        ]
         if has_apo:
             pipe.backend.adapters.set_scales({"apo": 0.0})
             cols.append((pipe(**args, segments=[]).images[0] * 255).round().astype(np.uint8))
