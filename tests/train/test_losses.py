@@ -46,21 +46,20 @@ def test_sigmas_shifted_like_flux():
     assert ((shifted > 0) & (shifted < 1)).all()
 
 
+def _batch(lat, idx, use, table, **kw):
+    """:func:`flow_batch` with the tests' settings and a fixed generator."""
+    gen = torch.Generator().manual_seed(0)
+    return flow_batch(
+        lat, idx, use, table, gen, guidance=3.5, group_bias_lambda=1.0, context_weight=0.1, **kw
+    )
+
+
 def test_flow_batch_is_the_pipeline_feed(tiny_latents):
     lat = tiny_latents
     table = CategoryTable(len(lat.categories), 4, 32, 16)
     idx = np.array([0, 1, 2, 3])
     use = torch.from_numpy(lat.text_mode.numpy()[idx])
-    b = flow_batch(
-        lat,
-        idx,
-        use,
-        table,
-        torch.Generator().manual_seed(0),
-        guidance=3.5,
-        group_bias_lambda=1.0,
-        context_weight=0.1,
-    )
+    b = _batch(lat, idx, use, table)
     n_img = lat.groups.shape[1]
     assert b.feed["hidden_states"].shape == (4, n_img, 384)
     assert torch.equal(b.feed["hidden_states"][..., 128:], lat.mask[idx].float())  # packed mask last
@@ -91,9 +90,8 @@ def test_defect_tokens_get_extra_weight(tiny_latents):
     table = CategoryTable(len(lat.categories), 4, 32, 16)
     idx = np.arange(len(lat))
     use = torch.zeros(len(idx), dtype=torch.bool)
-    kw = dict(guidance=3.5, group_bias_lambda=1.0, context_weight=0.1)
-    plain = flow_batch(lat, idx, use, table, torch.Generator().manual_seed(0), **kw)
-    boosted = flow_batch(lat, idx, use, table, torch.Generator().manual_seed(0), defect_weight=4.0, **kw)
+    plain = _batch(lat, idx, use, table)
+    boosted = _batch(lat, idx, use, table, defect_weight=4.0)
     extra = boosted.weights - plain.weights
     torch.testing.assert_close(extra, 4.0 * (lat.defect > 0).float())
     assert (lat.defect > 0).any()
@@ -115,16 +113,7 @@ def test_reference_rows_are_conditioned_by_the_encoder(tiny_latents):
     idx = np.arange(len(lat))
     keep = torch.ones(len(idx), dtype=torch.bool)
     keep[0] = False  # a dropped sample: zero conditioning whatever its mode
-    b = flow_batch(
-        lat,
-        idx,
-        keep,
-        table,
-        torch.Generator().manual_seed(0),
-        guidance=3.5,
-        group_bias_lambda=1.0,
-        context_weight=0.1,
-    )
+    b = _batch(lat, idx, keep, table)
     e, p = b.feed["encoder_hidden_states"], b.feed["pooled_projections"]
     with torch.no_grad():
         e_enc, p_enc = table.encoder(lat.reference_input(idx))
@@ -145,16 +134,7 @@ def test_reference_rows_are_conditioned_by_the_encoder(tiny_latents):
     from unidg_rt.models.refenc import cut_out
 
     table.encoder.config = dataclasses.replace(table.encoder.config, cutout=True)
-    b = flow_batch(
-        lat,
-        idx,
-        keep,
-        table,
-        torch.Generator().manual_seed(0),
-        guidance=3.5,
-        group_bias_lambda=1.0,
-        context_weight=0.1,
-    )
+    b = _batch(lat, idx, keep, table)
     with torch.no_grad():
         e_cut, _ = table.encoder(cut_out(x, lat.reference_mask[torch.as_tensor(idx)]))
     ref = (~lat.text_mode).numpy() & keep.numpy()

@@ -10,7 +10,13 @@ import typer
 
 from unidg_rt.artifacts.io import atomic_write_bytes, atomic_write_json  # temp + fsync + rename
 
-__all__ = ["atomic_save_png", "atomic_write_bytes", "atomic_write_json", "pipeline_from_settings"]
+__all__ = [
+    "atomic_save_png",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "pipeline_from_settings",
+    "progress_bar",
+]
 
 # settings overrides (``load_settings`` keywords) shared by generate, synth and eval; a command
 # declares ``weights: WeightsOption = None``
@@ -36,6 +42,20 @@ def atomic_save_png(path: Path, image) -> None:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def progress_bar(console, label: str = "{task.description}"):
+    """The commands' transient progress bar: ``label | bar | done/total | elapsed`` on ``console``."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def pipeline_from_settings(settings):

@@ -9,10 +9,16 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from unidg_rt.cli.common import ConfigOption, DeviceOption, DtypeOption, EmbeddingsOption
+from unidg_rt.cli.common import (
+    ConfigOption,
+    DeviceOption,
+    DtypeOption,
+    EmbeddingsOption,
+    pipeline_from_settings,
+    progress_bar,
+)
 from unidg_rt.errors import InvalidInputError
 
 console = Console()
@@ -150,7 +156,6 @@ def eval_cmd(
             json_path=json_path,
             markdown=markdown,
         )
-    from unidg_rt.cli.common import pipeline_from_settings
     from unidg_rt.evaluation import (
         build_eval_set,
         default_categories,
@@ -175,14 +180,7 @@ def eval_cmd(
             return
     eval_cases = build_eval_set(cases, cats, modes=mode_list, size=size)
     cache = classifier_cache if classifier_cache is not None else settings.output_dir / "eval"
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
+    with progress_bar(err_console) as progress:
         task = progress.add_task("classifier + references", total=None)
 
         def on_image(done: int, total: int, label: str) -> None:
@@ -215,7 +213,6 @@ def downstream_cmd(
     *, weights, embeddings, config, device, dtype, seeds, train_images, quick, steps, json_path, markdown
 ) -> None:
     """``eval --downstream``: the segmenter trained on each defect source, scored on real defects."""
-    from unidg_rt.cli.common import pipeline_from_settings
     from unidg_rt.evaluation.downstream import (
         METHOD_LABELS,
         TABLE_COLUMNS,
@@ -235,14 +232,7 @@ def downstream_cmd(
     settings = load_settings(config, weights=weights, embeddings=embeddings, device=device, dtype=dtype)
     pipe = pipeline_from_settings(settings)
     label = str(weights) if weights is not None else "embedded default"
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
+    with progress_bar(err_console) as progress:
         task = progress.add_task("downstream", total=None)
 
         def on_progress(label: str, done: int, total: int) -> None:

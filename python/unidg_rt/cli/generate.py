@@ -8,7 +8,6 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from unidg_rt.cli.common import (
     ConfigOption,
@@ -23,6 +22,7 @@ from unidg_rt.cli.common import (
     atomic_save_png,
     atomic_write_json,
     pipeline_from_settings,
+    progress_bar,
 )
 from unidg_rt.errors import InvalidInputError
 
@@ -124,14 +124,7 @@ def generate(
     )
     steps_total = settings.num_inference_steps or pipe.defaults["num_inference_steps"]
     t0 = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]denoising"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with progress_bar(console, "denoising") as progress:
         task = progress.add_task("steps", total=steps_total)
 
         def on_step(_pipe, i, _t, kwargs):

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from unidg_rt.artifacts.io import atomic_write_json, jsonable
 from unidg_rt.errors import InvalidInputError
 from unidg_rt.evaluation.cases import build_eval_set, default_categories
 from unidg_rt.evaluation.evaluator import evaluate
 from unidg_rt.evaluation.metrics import cosine, masked_psnr, masked_ssim
+from unidg_rt.evaluation.report import JsonReport
 from unidg_rt.evaluation.variants import Variant
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class _Recording:
 
 # ---------------------------------------------------------------------- report
 @dataclass
-class PrecisionReport:
+class PrecisionReport(JsonReport):
     settings: dict[str, Any]
     precisions: dict[str, dict[str, Any]]  # name → metrics (the baseline too)
     recommendations: dict[str, dict[str, str]]
@@ -120,12 +120,6 @@ class PrecisionReport:
     evaluation: dict[str, Any]  # the EvalReport (without per-image rows)
     wall_s: float
     notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return jsonable(self.__dict__)
-
-    def save_json(self, path: str | Path) -> Path:
-        return atomic_write_json(path, self.to_dict())
 
 
 def _artifact_bytes(onnx_dir: Path, art: dict[str, Any]) -> int:

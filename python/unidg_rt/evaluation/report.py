@@ -1,5 +1,5 @@
 """What :func:`~unidg_rt.evaluation.evaluate` measured (:class:`EvalReport`) and its side-by-side
-table as GitHub markdown."""
+table as GitHub markdown; :class:`JsonReport`, the JSON form every evaluation report shares."""
 
 from __future__ import annotations
 
@@ -11,8 +11,19 @@ from typing import Any
 from unidg_rt.artifacts.io import atomic_write_json, jsonable
 
 
+class JsonReport:
+    """A report dataclass as JSON: numpy scalars as numbers, floats rounded, non-finite as null
+    (:func:`~unidg_rt.artifacts.io.jsonable`), written atomically."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable(self.__dict__)
+
+    def save_json(self, path: str | Path) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+
 @dataclass
-class EvalReport:
+class EvalReport(JsonReport):
     """Everything :func:`evaluate` measured. ``variants`` / ``baselines``: name → metrics;
     ``comparison``: per metric, how the last variant compares with the first."""
 
@@ -25,12 +36,6 @@ class EvalReport:
     per_image: dict[str, list[dict[str, Any]]]
     wall_s: float
     notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return jsonable(self.__dict__)
-
-    def save_json(self, path: str | Path) -> Path:
-        return atomic_write_json(path, self.to_dict())
 
 
 def report_markdown(report: EvalReport) -> str:

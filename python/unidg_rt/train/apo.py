@@ -44,7 +44,7 @@ from unidg_rt.models.adapters import AdapterManager
 from unidg_rt.models.mmdit import FluxTransformer
 from unidg_rt.train.common import Checkpointer, LossLog, cosine_lr, load_checkpoint_state, set_lr, step_rng
 from unidg_rt.train.dataset import LatentSet
-from unidg_rt.train.flow import CategoryTable, FlowBatch, draw_indices, flow_batch, predict, weighted_mse
+from unidg_rt.train.flow import CategoryTable, FlowBatch, draw_indices, predict, sft_flow_batch, weighted_mse
 from unidg_rt.train.mismatch import mismatch_batch, target_weights
 from unidg_rt.train.negatives import negative_pool, sample_losers
 from unidg_rt.train.recipe import APORecipe
@@ -118,21 +118,7 @@ def apo_step_batch(
         pos = rng.integers(0, len(pool), recipe.batch_size)
         idx = pool[pos]
         use = torch.ones(len(idx), dtype=torch.bool)
-    batch = flow_batch(
-        lat,
-        idx,
-        use,
-        table,
-        gen,
-        guidance=sft.guidance,
-        group_bias_lambda=sft.group_bias_lambda,
-        context_weight=sft.context_weight,
-        defect_weight=sft.defect_weight,
-        logit_mean=sft.logit_mean,
-        logit_std=sft.logit_std,
-        time_shift=sft.time_shift,
-    )
-    return batch, pos
+    return sft_flow_batch(lat, idx, use, table, gen, sft), pos
 
 
 def train_apo(

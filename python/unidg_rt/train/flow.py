@@ -20,6 +20,7 @@ from unidg_rt.models.refenc import ReferenceEncoder
 from unidg_rt.runtime.backend import latent_image_ids, pack_latents
 from unidg_rt.sampling import calculate_shift, scale_noise
 from unidg_rt.train.dataset import LatentSet
+from unidg_rt.train.recipe import SFTRecipe
 
 
 # ----------------------------------------------------------------------------- conditioning
@@ -176,6 +177,31 @@ def flow_batch(
         noise=noise,
         index=np.asarray(idx),
         encoded=encoded,
+    )
+
+
+def sft_flow_batch(
+    lat: LatentSet,
+    idx: np.ndarray,
+    use: torch.Tensor,
+    table: CategoryTable,
+    gen: torch.Generator,
+    recipe: SFTRecipe,
+) -> FlowBatch:
+    """:func:`flow_batch` with the SFT recipe's guidance, group bias, token weights and sigma draw."""
+    return flow_batch(
+        lat,
+        idx,
+        use,
+        table,
+        gen,
+        guidance=recipe.guidance,
+        group_bias_lambda=recipe.group_bias_lambda,
+        context_weight=recipe.context_weight,
+        defect_weight=recipe.defect_weight,
+        logit_mean=recipe.logit_mean,
+        logit_std=recipe.logit_std,
+        time_shift=recipe.time_shift,
     )
 
 

@@ -134,7 +134,7 @@ def heldout_losses(
     """Flow loss on fixed batches of ``lat``: reference mode and text mode separately, full
     conditioning (the same draw every call, so the curve is comparable across steps and runs)."""
     from unidg_rt.train.common import step_rng
-    from unidg_rt.train.flow import batch_to, flow_batch, predict, weighted_mse
+    from unidg_rt.train.flow import batch_to, predict, sft_flow_batch, weighted_mse
 
     out = {}
     for mode in modes:
@@ -145,21 +145,7 @@ def heldout_losses(
             rng, gen = step_rng(seed + 20_000 + int(text), "sft", i)
             idx = idx_all[rng.integers(0, len(idx_all), recipe.batch_size)]
             keep = torch.ones(len(idx), dtype=torch.bool)
-            b = flow_batch(
-                lat,
-                idx,
-                keep,
-                table,
-                gen,
-                guidance=recipe.guidance,
-                group_bias_lambda=recipe.group_bias_lambda,
-                context_weight=recipe.context_weight,
-                defect_weight=recipe.defect_weight,
-                logit_mean=recipe.logit_mean,
-                logit_std=recipe.logit_std,
-                time_shift=recipe.time_shift,
-            )
-            b = batch_to(b, device)
+            b = batch_to(sft_flow_batch(lat, idx, keep, table, gen, recipe), device)
             vals.append(float(weighted_mse(predict(model, b), b.target, b.weights).mean()))
         out[f"{prefix}_{mode}"] = round(float(np.mean(vals)), 5)
     return out

@@ -41,8 +41,8 @@ from unidg_rt.train.flow import (
     FlowBatch,
     batch_to,
     draw_indices,
-    flow_batch,
     predict,
+    sft_flow_batch,
     weighted_mse,
 )
 from unidg_rt.train.levers import EMA, heldout_losses, warm_start
@@ -71,20 +71,7 @@ def sft_step_batch(
 ) -> FlowBatch:
     rng, gen = step_rng(seed, "sft", step)
     idx, use = draw_indices(lat, rng, recipe.batch_size, recipe.text_fraction, recipe.cond_dropout)
-    return flow_batch(
-        lat,
-        idx,
-        use,
-        table,
-        gen,
-        guidance=recipe.guidance,
-        group_bias_lambda=recipe.group_bias_lambda,
-        context_weight=recipe.context_weight,
-        defect_weight=recipe.defect_weight,
-        logit_mean=recipe.logit_mean,
-        logit_std=recipe.logit_std,
-        time_shift=recipe.time_shift,
-    )
+    return sft_flow_batch(lat, idx, use, table, gen, recipe)
 
 
 # ----------------------------------------------------------------------------- training loop
