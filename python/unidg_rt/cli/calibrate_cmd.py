@@ -25,10 +25,10 @@ def calibrate(
     from unidg_rt.runtime.pipeline import UniDGPipeline
 
     cases = load_manifest(manifest)  # before loading the model: a wrong name fails fast
-    listed, drawn = len(cases["cases"]), cases["num_cases"]
-    console.print(f"calibration manifest {cases['_path']}: {listed} listed + {drawn} procedural cases")
     pipe = UniDGPipeline.from_pretrained(weights)
     paths = capture(pipe, cases, out)
+    listed, drawn = len(cases["cases"]), cases["num_cases"]
+    console.print(f"calibration manifest {cases['_path']}: {listed} listed + {drawn} procedural cases")
     for name, p in paths.items():
         console.print(f"[green]wrote[/] {p} ({name})")
 
