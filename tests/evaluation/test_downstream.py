@@ -9,6 +9,7 @@ import pytest
 
 from unidg_rt.errors import InvalidInputError
 from unidg_rt.evaluation import downstream as D
+from unidg_rt.evaluation.downstream_report import downstream_markdown
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_quick_run_end_to_end(default_pipeline):
             assert summary["min"] <= summary["mean"] <= summary["max"] and summary["std"] >= 0
     assert set(report.paint["near_empty_share"]) == set(D.METHODS)
     assert report.wall_s > 0 and report.settings["model"] == "embedded default"
-    md = D.downstream_markdown(report)
+    md = downstream_markdown(report)
     assert md.startswith("| training defects | pixel AP | image AUROC |")
     assert all(label in md for label in D.METHOD_LABELS.values())
     assert "same procedural family" in md and "Chance pixel AP" in md

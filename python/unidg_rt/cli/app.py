@@ -21,8 +21,19 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 #: command modules under unidg_rt.cli; each defines register(app)
-COMMAND_MODULES = ("generate", "inspect_cmd", "config_cmd", "bench", "export_cmd", "build_cmd", "train_cmd",
-                   "eval_cmd", "calibrate_cmd", "synth_cmd", "quantize_cmd")  # fmt: skip
+COMMAND_MODULES = (
+    "generate",
+    "inspect_cmd",
+    "config_cmd",
+    "bench",
+    "export_cmd",
+    "build_cmd",
+    "train_cmd",
+    "eval_cmd",
+    "calibrate_cmd",
+    "synth_cmd",
+    "quantize_cmd",
+)
 
 for _name in COMMAND_MODULES:
     try:

@@ -47,8 +47,16 @@ def bench(
     from unidg_rt.benchmark import BenchConfig, run_bench
 
     side = size or SIZES.get(preset, (64, 64))[0]
-    cfg = BenchConfig(preset=preset, height=side, width=side, steps=steps, runs=runs, warmup=warmup,
-                      fast_path=fast_path, e2e=e2e)  # fmt: skip
+    cfg = BenchConfig(
+        preset=preset,
+        height=side,
+        width=side,
+        steps=steps,
+        runs=runs,
+        warmup=warmup,
+        fast_path=fast_path,
+        e2e=e2e,
+    )
     cfg.text_len = text_len or (512 if preset.startswith("flux") else 8)
     if device:
         cfg.device = device
@@ -71,10 +79,13 @@ def bench(
             continue
         e2e_ms = entry.get(f"e2e_{steps}_steps", {}).get("median_ms")
         table.add_row(
-            name, f"{stat.get('median_ms', 0):.3f}", f"{stat.get('p90_ms', 0):.3f}",
-            f"{ratios[name]:.3f}x" if name in ratios else "", f"{e2e_ms:.1f}" if e2e_ms else "",
+            name,
+            f"{stat.get('median_ms', 0):.3f}",
+            f"{stat.get('p90_ms', 0):.3f}",
+            f"{ratios[name]:.3f}x" if name in ratios else "",
+            f"{e2e_ms:.1f}" if e2e_ms else "",
             str(entry.get("peak_memory_gb", "")),
-        )  # fmt: skip
+        )
     console.print(table)
     att = result["results"]["attention"]
     console.print(f"attention ({att['tokens']} tokens): " + json.dumps(att.get("ratio_vs_unmasked", {})))

@@ -213,14 +213,8 @@ def downstream_cmd(
     *, weights, embeddings, config, device, dtype, seeds, train_images, quick, steps, json_path, markdown
 ) -> None:
     """``eval --downstream``: the segmenter trained on each defect source, scored on real defects."""
-    from unidg_rt.evaluation.downstream import (
-        METHOD_LABELS,
-        TABLE_COLUMNS,
-        DownstreamConfig,
-        downstream_markdown,
-        format_cell,
-        run_downstream,
-    )
+    from unidg_rt.evaluation.downstream import METHOD_LABELS, DownstreamConfig, run_downstream
+    from unidg_rt.evaluation.downstream_report import TABLE_COLUMNS, downstream_markdown, format_cell
     from unidg_rt.settings import load_settings
 
     overrides = {

@@ -78,8 +78,13 @@ def train(
         table.add_column(col)
     for name, s in report.get("stages", {}).items():
         fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-        table.add_row(name, str(s.get("steps", "")), fmt(s.get("loss_start")), fmt(s.get("loss_end")),
-                      f"{s.get('wall_s', 0):.1f}")  # fmt: skip
+        table.add_row(
+            name,
+            str(s.get("steps", "")),
+            fmt(s.get("loss_start")),
+            fmt(s.get("loss_end")),
+            f"{s.get('wall_s', 0):.1f}",
+        )
     Console().print(table)
     console.print(f"done in {elapsed:.1f} s; report: {out / 'train_report.json'}")
 

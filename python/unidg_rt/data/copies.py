@@ -127,8 +127,15 @@ def make_copy_pair(
     margin_r, margin_t = min(px / 2, 0.45 * size), min(k * px / 2, 0.45 * size)
     center_r = (float(rng.uniform(margin_r, size - margin_r)), float(rng.uniform(margin_r, size - margin_r)))
     center_t = (float(rng.uniform(margin_t, size - margin_t)), float(rng.uniform(margin_t, size - margin_t)))
-    inst = DefectInstance(category, int(rng.integers(0, _SEED_MAX)), float(px), center_r, k,
-                          float(rng.uniform(0, 2 * np.pi)), center_t)  # fmt: skip
+    inst = DefectInstance(
+        category,
+        int(rng.integers(0, _SEED_MAX)),
+        float(px),
+        center_r,
+        k,
+        float(rng.uniform(0, 2 * np.pi)),
+        center_t,
+    )
     # A copy that rounds away (tiny, or, for renderers that move their centre such as "missing"
     # at a part's edge, warped off the target): redraw the instance's stream, larger and centred.
     for _ in range(_ATTEMPTS):
@@ -138,15 +145,33 @@ def make_copy_pair(
             tgt_abn[tgt_mask] != tgt_normal[tgt_mask]
         ).any():
             break
-        inst = dataclasses.replace(inst, seed=int(rng.integers(0, _SEED_MAX)), size=min(inst.size * 1.25, 0.9 * size),
-                                   center_t=(size / 2.0, size / 2.0))  # fmt: skip
+        inst = dataclasses.replace(
+            inst,
+            seed=int(rng.integers(0, _SEED_MAX)),
+            size=min(inst.size * 1.25, 0.9 * size),
+            center_t=(size / 2.0, size / 2.0),
+        )
     else:
         raise InvalidInputError(
             f"copy pair seed={seed} category={category!r}: the defect renders empty; try another seed"
         )
     cat = get_category(category)
-    ref = Quadruplet(ref_normal, ref_abn, ref_mask, cat.render_caption(SURFACE_NOUNS[ref_kind], scale),
-                     category, ref_kind, None)  # fmt: skip
-    tgt = Quadruplet(tgt_normal, tgt_abn, tgt_mask, cat.render_caption(SURFACE_NOUNS[tgt_kind], scale * k),
-                     category, tgt_kind, None)  # fmt: skip
+    ref = Quadruplet(
+        ref_normal,
+        ref_abn,
+        ref_mask,
+        cat.render_caption(SURFACE_NOUNS[ref_kind], scale),
+        category,
+        ref_kind,
+        None,
+    )
+    tgt = Quadruplet(
+        tgt_normal,
+        tgt_abn,
+        tgt_mask,
+        cat.render_caption(SURFACE_NOUNS[tgt_kind], scale * k),
+        category,
+        tgt_kind,
+        None,
+    )
     return ReferencePair(reference=ref, target=tgt), inst

@@ -34,9 +34,17 @@ REGION_DILATE = (7, 2)
 MODES = ("reference", "text")
 #: evaluated when the pipeline has no embeddings cache to take the category list from
 DEFAULT_CATEGORIES = (
-    "scratch", "hole", "black spot", "dirt", "discoloration",
-    "breakage", "foreign matter", "wrinkle", "abrasion", "misprint",
-)  # fmt: skip
+    "scratch",
+    "hole",
+    "black spot",
+    "dirt",
+    "discoloration",
+    "breakage",
+    "foreign matter",
+    "wrinkle",
+    "abrasion",
+    "misprint",
+)
 
 
 @dataclass(eq=False)
@@ -70,9 +78,13 @@ class EvalCase:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "id": self.case_id, "seed": self.seed, "mode": self.mode, "category": self.category,
-            "surface": self.surface, "reference_surface": self.reference_surface,
-        }  # fmt: skip
+            "id": self.case_id,
+            "seed": self.seed,
+            "mode": self.mode,
+            "category": self.category,
+            "surface": self.surface,
+            "reference_surface": self.reference_surface,
+        }
 
 
 def default_categories(pipeline=None) -> list[str]:
@@ -131,10 +143,21 @@ def build_eval_set(
             )
             pair = make_reference_pair(seed, cat, target_surface=other, size=size)
             tgt = pair.target
-            cases.append(EvalCase(
-                i, seed, mode, cat, tgt.surface, tgt.normal, tgt.mask, tgt.abnormal,
-                pair.reference_image, pair.reference_mask, pair.reference.surface,
-            ))  # fmt: skip
+            cases.append(
+                EvalCase(
+                    i,
+                    seed,
+                    mode,
+                    cat,
+                    tgt.surface,
+                    tgt.normal,
+                    tgt.mask,
+                    tgt.abnormal,
+                    pair.reference_image,
+                    pair.reference_mask,
+                    pair.reference.surface,
+                )
+            )
         else:
             q = generate_quadruplet(seed, cat, size=size)
             cases.append(EvalCase(i, seed, mode, cat, q.surface, q.normal, q.mask, q.abnormal))

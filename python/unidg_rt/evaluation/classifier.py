@@ -80,8 +80,15 @@ class DefectClassifier:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
         header = json.dumps({"format": FORMAT, "categories": list(self.categories), "meta": self.meta})
-        np.savez(tmp, mean=self.mean, std=self.std, weight=self.weight, bias=self.bias, pca=self.pca,
-                 header=np.array(header))  # fmt: skip
+        np.savez(
+            tmp,
+            mean=self.mean,
+            std=self.std,
+            weight=self.weight,
+            bias=self.bias,
+            pca=self.pca,
+            header=np.array(header),
+        )
         tmp.replace(path)
         return path
 
@@ -208,14 +215,22 @@ def train_classifier(
         chance=1.0 / len(cats),
         per_category={c: float(conf[i, i] / max(conf[i].sum(), 1)) for i, c in enumerate(cats)},
         confusion=conf.tolist(),
-        gen_size=list(gen) if gen else None, n_train=n_train, n_test=n_test, size=size,
-        train_s=round(time.perf_counter() - t0, 2), fingerprint=fingerprint(cats, gen, n_train, n_test, size),
-    )  # fmt: skip
+        gen_size=list(gen) if gen else None,
+        n_train=n_train,
+        n_test=n_test,
+        size=size,
+        train_s=round(time.perf_counter() - t0, 2),
+        fingerprint=fingerprint(cats, gen, n_train, n_test, size),
+    )
     logger.info(
         "defect classifier: %d categories, held-out accuracy %.3f at %s (%.3f as drawn; chance %.3f), %.1f s",
-        len(cats), clf.meta["test_accuracy"], gen, clf.meta["test_accuracy_crisp"], clf.meta["chance"],
+        len(cats),
+        clf.meta["test_accuracy"],
+        gen,
+        clf.meta["test_accuracy_crisp"],
+        clf.meta["chance"],
         clf.meta["train_s"],
-    )  # fmt: skip
+    )
     return clf
 
 

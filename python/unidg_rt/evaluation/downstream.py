@@ -42,6 +42,7 @@ import numpy as np
 
 from unidg_rt.errors import InvalidInputError
 from unidg_rt.evaluation.anomalies import cutpaste_anomaly, draem_anomaly, transplant_mask
+from unidg_rt.evaluation.downstream_report import DownstreamReport, summarise
 from unidg_rt.evaluation.segmenter import (
     SegmenterConfig,
     average_precision,
@@ -93,8 +94,15 @@ class DownstreamConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> DownstreamConfig:
         """A seconds-long run for CI: 6 images per method, 8 + 8 test images, 64 px, 15 steps."""
-        base = cls(seeds=2, train_images=6, test_images=8, size=64, bank_per_category=1, topk=8,
-                   segmenter=SegmenterConfig(steps=15, batch_size=4))  # fmt: skip
+        base = cls(
+            seeds=2,
+            train_images=6,
+            test_images=8,
+            size=64,
+            bank_per_category=1,
+            topk=8,
+            segmenter=SegmenterConfig(steps=15, batch_size=4),
+        )
         return dataclasses.replace(base, **overrides)
 
     def check(self) -> DownstreamConfig:
@@ -113,21 +121,6 @@ class DownstreamConfig:
         if self.train_images >= 100_000:
             raise InvalidInputError(f"train_images={self.train_images} must be below 100000 (seed range)")
         return self
-
-
-@dataclass
-class DownstreamReport:
-    """Per-method metric summaries (``mean``, ``std`` over seeds, ``min``, ``max``, ``per_seed``)."""
-
-    settings: dict[str, Any]
-    methods: dict[str, dict[str, dict[str, Any]]]
-    paint: dict[str, Any]
-    timings: dict[str, float]
-    wall_s: float
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # ---------------------------------------------------------------------------- data
@@ -173,8 +166,13 @@ def build_test_set(cfg: DownstreamConfig) -> dict[str, np.ndarray]:
         split.append("normal")
         surfaces.append(kind)
     split_arr = np.array(split)
-    return {"images": np.stack(images), "masks": np.stack(masks), "labels": split_arr != "normal",
-            "split": split_arr, "surface": np.array(surfaces)}  # fmt: skip
+    return {
+        "images": np.stack(images),
+        "masks": np.stack(masks),
+        "labels": split_arr != "normal",
+        "split": split_arr,
+        "surface": np.array(surfaces),
+    }
 
 
 def training_normals(seed: int, cfg: DownstreamConfig) -> tuple[np.ndarray, list[str]]:
@@ -197,9 +195,15 @@ def paint_delta(result: np.ndarray, normal: np.ndarray, mask: np.ndarray) -> flo
 
 
 def synthesize(
-    method: str, normals: np.ndarray, kinds: list[str], seed: int, cfg: DownstreamConfig,
-    pipeline=None, bank: list | None = None, progress: Progress | None = None,
-) -> tuple[np.ndarray, np.ndarray, list[float]]:  # fmt: skip
+    method: str,
+    normals: np.ndarray,
+    kinds: list[str],
+    seed: int,
+    cfg: DownstreamConfig,
+    pipeline=None,
+    bank: list | None = None,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """Insert one anomaly per normal image with ``method``; returns images, masks and the
     paint |Δ| per image (:func:`paint_delta`)."""
     from unidg_rt.data import apply_defect, sample_scale
@@ -221,9 +225,15 @@ def synthesize(
         else:
             ref = bank[int(rng.integers(len(bank)))]
             mask = transplant_mask(ref.mask, normal.shape[:2], rng)
-            out = pipeline(image=normal, mask_image=mask, reference_image=ref.abnormal, reference_mask=ref.mask,
-                           seed=int(rng.integers(2**31)), num_inference_steps=cfg.num_inference_steps,
-                           output_type="np")  # fmt: skip
+            out = pipeline(
+                image=normal,
+                mask_image=mask,
+                reference_image=ref.abnormal,
+                reference_mask=ref.mask,
+                seed=int(rng.integers(2**31)),
+                num_inference_steps=cfg.num_inference_steps,
+                output_type="np",
+            )
             img = np.clip(np.rint(out.images[0] * 255.0), 0, 255).astype(np.uint8)
         images.append(img)
         masks.append(mask)
@@ -266,21 +276,13 @@ def _load_average() -> float | None:
         return None
 
 
-def summarise(values: list[float]) -> dict[str, Any]:
-    arr = np.asarray(values, np.float64)
-    return {
-        "mean": float(arr.mean()),
-        "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
-        "min": float(arr.min()),
-        "max": float(arr.max()),
-        "per_seed": [float(v) for v in arr],
-    }
-
-
 def run_downstream(
-    pipeline, config: DownstreamConfig | None = None, *, model_label: str = "embedded default",
+    pipeline,
+    config: DownstreamConfig | None = None,
+    *,
+    model_label: str = "embedded default",
     progress: Progress | None = None,
-) -> DownstreamReport:  # fmt: skip
+) -> DownstreamReport:
     """Train and score the segmenter for every method and seed (see the module docstring)."""
     import torch
 
@@ -340,56 +342,26 @@ def run_downstream(
         "bank": [{"seed": int(q.seed), "category": q.category, "surface": q.surface} for q in bank],
         "bank_categories": list(BANK_CATEGORIES),
         "other_categories": list(OTHER_CATEGORIES),
-        "test": {"defect_images": cfg.test_images, "normal_images": cfg.test_images,
-                 "defect_seeds": [TEST_DEFECT_SEED_BASE, TEST_DEFECT_SEED_BASE + cfg.test_images - 1],
-                 "normal_seeds": [TEST_NORMAL_SEED_BASE, TEST_NORMAL_SEED_BASE + cfg.test_images - 1],
-                 "chance_pixel_ap": chance},
+        "test": {
+            "defect_images": cfg.test_images,
+            "normal_images": cfg.test_images,
+            "defect_seeds": [TEST_DEFECT_SEED_BASE, TEST_DEFECT_SEED_BASE + cfg.test_images - 1],
+            "normal_seeds": [TEST_NORMAL_SEED_BASE, TEST_NORMAL_SEED_BASE + cfg.test_images - 1],
+            "chance_pixel_ap": chance,
+        },
         "label": "mask (the inpainting / inserted region), also where the model painted little",
         "image_score": f"mean of the top-{cfg.topk} pixel scores",
-    }  # fmt: skip
+    }
     notes = [
         "test defects are real procedural defects from the same procedural family (unidg_rt.data) the "
         "default model was trained on; categories outside the bank are still procedural",
     ]
     timings["cpu_s"] = time.process_time() - cpu_start
-    settings["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform(),
-                           "load_average_1min": [load_start, _load_average()]}  # fmt: skip
+    settings["machine"] = {
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "load_average_1min": [load_start, _load_average()],
+    }
     methods = {m: {k: summarise(v) for k, v in per_method[m].items()} for m in METHODS}
     return DownstreamReport(settings, methods, paint, timings, time.perf_counter() - t_start, notes)
-
-
-# ---------------------------------------------------------------------------- reporting
-TABLE_COLUMNS = (
-    ("pixel AP", "pixel_ap"),
-    ("image AUROC", "image_auroc"),
-    ("pixel AP, bank categories", "pixel_ap_bank_categories"),
-    ("pixel AP, other categories", "pixel_ap_other_categories"),
-)
-
-
-def format_cell(summary: dict[str, Any] | None) -> str:
-    """``mean ± std`` of a :func:`summarise` record (– when missing)."""
-    if not summary:
-        return "–"
-    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
-
-
-def downstream_markdown(report: DownstreamReport) -> str:
-    """The README / docs table of a report."""
-    s = report.settings
-    head = "| training defects | " + " | ".join(c for c, _ in TABLE_COLUMNS) + " | near-empty paints |"
-    lines = [head, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
-    for m, label in s["methods"].items():
-        cells = [format_cell(report.methods[m].get(key)) for _, key in TABLE_COLUMNS]
-        share = report.paint["near_empty_share"].get(m)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {share:.0%} |")
-    lines.append("")
-    lines.append(
-        f"{s['seeds']} seeds (mean ± std), {s['train_images']} anomalous + {s['train_images']} normal training "
-        f"images per method, {s['test_images']} + {s['test_images']} test images at {s['size']} px, "
-        f"{s['segmenter']['steps']} segmenter steps; model: {s['model']}; wall {report.wall_s:.0f} s. "
-        f"Chance pixel AP {s['test']['chance_pixel_ap']['all']:.4f} (bank categories "
-        f"{s['test']['chance_pixel_ap']['bank']:.4f}, other {s['test']['chance_pixel_ap']['other']:.4f}). "
-        f"Test defects come from the same procedural family the model was trained on."
-    )
-    return "\n".join(lines) + "\n"

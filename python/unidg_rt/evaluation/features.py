@@ -185,8 +185,8 @@ def defect_features(image, normal, region, size: int = CROP) -> np.ndarray:
     tex = (_wmean(np.hypot(gyi, gxi), w) + 1e-3) / (_wmean(np.hypot(gyn, gxn), w) + 1e-3)
     feats += [_wmean(gmag, w), float(np.log(tex)), _coherence(gy, gx, w)]
     feats += list(_orientation_hist(gy, gx, w))
-    lap = np.abs(np.pad(dl, 1, mode="edge")[:-2, 1:-1] + np.pad(dl, 1, mode="edge")[2:, 1:-1]
-                 + np.pad(dl, 1, mode="edge")[1:-1, :-2] + np.pad(dl, 1, mode="edge")[1:-1, 2:] - 4 * dl)  # fmt: skip
+    padded = np.pad(dl, 1, mode="edge")  # [H + 2, W + 2]
+    lap = np.abs(padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:] - 4 * dl)
     feats += [_wmean(lap, w), _wmean(lap, w) / (_wmean(adl, w) + 1e-3)]
     # shape of the changed pixels (of the change, not of the mask)
     support = (adl > max(0.03, 0.3 * float(in_reg.max()))) & cr

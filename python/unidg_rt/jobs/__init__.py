@@ -23,14 +23,24 @@ __all__ = [
     "run_jobs_ray",
 ]
 
-_WHERE = {
-    "BatchSummary": "runner", "run_jobs": "runner",
-    "GenerationOverrides": "manifest", "Job": "manifest", "Manifest": "manifest", "MaskStrategy": "manifest",
-    "Plan": "manifest", "expand_plan": "manifest", "load_manifest": "manifest", "load_plan": "manifest",
-    "parse_manifest_bytes": "manifest",
-    "export_mvtec": "datasets", "export_quadruplets": "datasets",
-    "run_jobs_ray": "ray_runner",
-}  # fmt: skip
+#: the module of each public name (imported on first use)
+_MODULES = {
+    "runner": ("BatchSummary", "run_jobs"),
+    "manifest": (
+        "GenerationOverrides",
+        "Job",
+        "Manifest",
+        "MaskStrategy",
+        "Plan",
+        "expand_plan",
+        "load_manifest",
+        "load_plan",
+        "parse_manifest_bytes",
+    ),
+    "datasets": ("export_mvtec", "export_quadruplets"),
+    "ray_runner": ("run_jobs_ray",),
+}
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 
 def __getattr__(name: str):

@@ -163,8 +163,17 @@ def export_mvtec(
                     )
                     _place(out_dir / rel, tmp / img)
                     _place(out_dir / rec["outputs"]["mask"], tmp / mask)
-                    index.append({"file": img, "mask": mask, "source": rel, "kind": "test_defect",
-                                  "id": rec["id"], "seed": rec["seeds"][k], "category": rec["label"]})  # fmt: skip
+                    index.append(
+                        {
+                            "file": img,
+                            "mask": mask,
+                            "source": rel,
+                            "kind": "test_defect",
+                            "id": rec["id"],
+                            "seed": rec["seeds"][k],
+                            "category": rec["label"],
+                        }
+                    )
                 summary.abnormal += len(items)
         _write_jsonl(tmp / "unidg_index.jsonl", index)
         return summary
@@ -204,8 +213,17 @@ def export_quadruplets(out_dir: Path | str, root: Path | str | None = None) -> D
                 _place(out_dir / rec["outputs"]["normal"], tmp / paths["normal"])
                 _place(out_dir / rel, tmp / paths["abnormal"])
                 _place(out_dir / rec["outputs"]["mask"], tmp / paths["mask"])
-                rows.append({"name": name, **paths, "caption": caption, "category": rec["label"],
-                             "product": rec.get("product"), "seed": rec["seeds"][k], "id": rec["id"]})  # fmt: skip
+                rows.append(
+                    {
+                        "name": name,
+                        **paths,
+                        "caption": caption,
+                        "category": rec["label"],
+                        "product": rec.get("product"),
+                        "seed": rec["seeds"][k],
+                        "id": rec["id"],
+                    }
+                )
         summary.abnormal = summary.normal = len(rows)
         _write_jsonl(tmp / "captions.jsonl", rows)
         return summary

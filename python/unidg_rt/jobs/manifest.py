@@ -356,9 +356,10 @@ def expand_plan(directory: Path | str, plan: Plan) -> Manifest:
         )
     pattern = "**/*" if plan.recursive else "*"
     files = sorted(
-        p for p in directory.glob(pattern)
+        p
+        for p in directory.glob(pattern)
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )  # fmt: skip
+    )
     manifest = Manifest(source=str(directory))
     claimed: set[str] = set()
     product = (
@@ -380,10 +381,15 @@ def expand_plan(directory: Path | str, plan: Plan) -> Manifest:
             seed = int(np.random.SeedSequence([plan.seed, key, i]).generate_state(1)[0]) % SEED_LIMIT
             try:
                 job = Job(
-                    id=job_id, image=path.resolve(), mask_strategy=plan.mask_strategy,
+                    id=job_id,
+                    image=path.resolve(),
+                    mask_strategy=plan.mask_strategy,
                     category=plan.categories[int(rng.integers(len(plan.categories)))],
-                    product=product, seed=seed, count=plan.count, settings=plan.settings,
-                )  # fmt: skip
+                    product=product,
+                    seed=seed,
+                    count=plan.count,
+                    settings=plan.settings,
+                )
             except ValidationError as exc:
                 manifest.errors.append(ManifestError(n, f"#file-{n}-{i}", f"{rel}: {_short(exc)}"))
                 continue

@@ -74,10 +74,14 @@ class BatchSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "out_dir": str(self.out_dir), "total": self.total, "ok": self.ok, "skipped": self.skipped,
-            "failed": self.failed, "failures": [list(f) for f in self.failures],
+            "out_dir": str(self.out_dir),
+            "total": self.total,
+            "ok": self.ok,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "failures": [list(f) for f in self.failures],
             "elapsed_s": round(self.elapsed_s, 3),
-        }  # fmt: skip
+        }
 
 
 def as_manifest(source: Manifest | Path | str, plan: Plan | None = None) -> Manifest:
@@ -117,10 +121,17 @@ def _torch_threads() -> int | None:
 
 def _base_record(job: Job, job_hash: str) -> dict[str, Any]:
     return {
-        "id": job.id, "job_hash": job_hash, "seed": job.seed, "count": job.count, "mode": job.mode,
-        "category": job.category, "label": job.label, "product": job.product,
-        "worker": f"{socket.gethostname()}:{os.getpid()}", "torch_threads": _torch_threads(),
-    }  # fmt: skip
+        "id": job.id,
+        "job_hash": job_hash,
+        "seed": job.seed,
+        "count": job.count,
+        "mode": job.mode,
+        "category": job.category,
+        "label": job.label,
+        "product": job.product,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "torch_threads": _torch_threads(),
+    }
 
 
 def failed_record(job_id: str, reason: str, *, job: Job | None = None, job_hash: str = "", **extra) -> dict:
@@ -151,13 +162,22 @@ def execute_job(pipe, job: Job, out_dir: Path, defaults: GenerationOverrides | N
         eff = job.settings.merged_over(defaults)
         t1 = time.perf_counter()
         out = pipe(
-            image=inputs.image, mask_image=inputs.mask,
-            reference_image=inputs.reference_image, reference_mask=inputs.reference_mask,
+            image=inputs.image,
+            mask_image=inputs.mask,
+            reference_image=inputs.reference_image,
+            reference_mask=inputs.reference_mask,
             defect_category=job.category if job.mode == "text" else None,
-            height=eff.height, width=eff.width, num_inference_steps=eff.num_inference_steps,
-            guidance_scale=eff.guidance_scale, feather=eff.feather, paste_mode=eff.paste_mode,
-            segments=eff.segments, seed=job.seed, num_images_per_prompt=job.count, output_type="pil",
-        )  # fmt: skip
+            height=eff.height,
+            width=eff.width,
+            num_inference_steps=eff.num_inference_steps,
+            guidance_scale=eff.guidance_scale,
+            feather=eff.feather,
+            paste_mode=eff.paste_mode,
+            segments=eff.segments,
+            seed=job.seed,
+            num_images_per_prompt=job.count,
+            output_type="pil",
+        )
         timing["generate_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         files: dict[str, str] = {}
@@ -180,29 +200,44 @@ def execute_job(pipe, job: Job, out_dir: Path, defaults: GenerationOverrides | N
             logger.exception("job %s failed unexpectedly", job.id)
         timing["total_s"] = time.perf_counter() - t0
         return failed_record(
-            job.id, reason, job=job, job_hash=job_hash, error_type=type(exc).__name__,
+            job.id,
+            reason,
+            job=job,
+            job_hash=job_hash,
+            error_type=type(exc).__name__,
             timing={k: round(v, 4) for k, v in timing.items()},
-        )  # fmt: skip
+        )
     timing["total_s"] = time.perf_counter() - t0
     ys, xs = np.nonzero(inputs.mask)
     extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / min(inputs.mask.shape)
     info = {k: v for k, v in out.info.items() if k not in ("sigmas", "seeds")}
     rec = _base_record(job, job_hash)
     rec.update(
-        status="ok", reason=None, seeds=list(out.seeds), defect_scale=round(float(extent), 4),
+        status="ok",
+        reason=None,
+        seeds=list(out.seeds),
+        defect_scale=round(float(extent), 4),
         settings={
-            "height": info.get("height"), "width": info.get("width"),
+            "height": info.get("height"),
+            "width": info.get("width"),
             "num_inference_steps": info.get("num_inference_steps"),
             "guidance_scale": info.get("guidance_scale"),
-            "feather": eff.feather if eff.feather is not None else getattr(pipe, "defaults", {}).get("feather"),
-            "paste_mode": eff.paste_mode if eff.paste_mode is not None else getattr(pipe, "defaults", {}).get("paste"),
+            "feather": eff.feather
+            if eff.feather is not None
+            else getattr(pipe, "defaults", {}).get("feather"),
+            "paste_mode": eff.paste_mode
+            if eff.paste_mode is not None
+            else getattr(pipe, "defaults", {}).get("paste"),
             "segments": eff.segments,
         },
-        pipeline=info, inputs={k: str(getattr(job, k)) for k in inputs.checksums},
-        input_sha256=inputs.checksums, files=files,
+        pipeline=info,
+        inputs={k: str(getattr(job, k)) for k in inputs.checksums},
+        input_sha256=inputs.checksums,
+        files=files,
         outputs={"images": image_rels, "mask": mask_rel, "normal": normal_rel},
-        timing={k: round(v, 4) for k, v in timing.items()}, finished_at=_now(),
-    )  # fmt: skip
+        timing={k: round(v, 4) for k, v in timing.items()},
+        finished_at=_now(),
+    )
     return rec
 
 
@@ -297,8 +332,11 @@ class Batch:
             raise
         logger.info(
             "batch %s: %d to run, %d already done, %d bad line(s)",
-            self.out_dir, len(self.todo), self.summary.skipped, len(self.manifest.errors),
-        )  # fmt: skip
+            self.out_dir,
+            len(self.todo),
+            self.summary.skipped,
+            len(self.manifest.errors),
+        )
         return self
 
     def __exit__(self, *exc) -> None:

@@ -115,8 +115,14 @@ class LossLog:
             more = " ".join(f"{k}={v:.4g}" for k, v in extra.items())
             logger.info(
                 "%s step %d/%d loss %.4f (avg %.4f) %.2f s/step %s",
-                self.stage, step + 1, self.total, value, recent, rate, more,
-            )  # fmt: skip
+                self.stage,
+                step + 1,
+                self.total,
+                value,
+                recent,
+                rate,
+                more,
+            )
 
     def summary(self) -> dict[str, Any]:
         v = self.values

@@ -107,9 +107,17 @@ def _pair_samples(pair, category_row: int, size: int, crop: dict | None = None) 
                 kwargs.update(reference_image=ref.abnormal, reference_mask=ref.mask)
             dip = prepare_diptych(tgt.normal, tgt.mask, height=size, width=size, **kwargs)
             gt = prepare_diptych(tgt.abnormal, tgt.mask, height=size, width=size, **kwargs)
-            out.append((_quantise(gt.image), _quantise(dip.image), dip.inpaint_mask > 0.5,
-                        dip.token_groups.astype(np.int8), category_row, text,
-                        dip.reference_mask.astype(bool)))  # fmt: skip
+            out.append(
+                (
+                    _quantise(gt.image),
+                    _quantise(dip.image),
+                    dip.inpaint_mask > 0.5,
+                    dip.token_groups.astype(np.int8),
+                    category_row,
+                    text,
+                    dip.reference_mask.astype(bool),
+                )
+            )
     return out
 
 
@@ -134,8 +142,9 @@ def pair_rows(
     if frac > 0 and cat in copy_categories():
         copy_rng = np.random.default_rng([stage_seed(seed, "data", i), 1])
         if copy_rng.random() < frac:
-            pair, _ = make_copy_pair(pair_seed, cat, ref_surface, tgt_surface, recipe.source_size,
-                                     tuple(recipe.copy_scale_range))  # fmt: skip
+            pair, _ = make_copy_pair(
+                pair_seed, cat, ref_surface, tgt_surface, recipe.source_size, tuple(recipe.copy_scale_range)
+            )
             return _pair_samples(pair, i % len(cats), recipe.gen_size, recipe.crop)
     pair = make_reference_pair(pair_seed, cat, ref_surface, tgt_surface, recipe.source_size)
     return _pair_samples(pair, i % len(cats), recipe.gen_size, recipe.crop)
@@ -144,10 +153,15 @@ def pair_rows(
 def rows_to_set(rows: list[tuple], cats: list[str]) -> DiptychSet:
     gt, masked, inpaint, groups, cat, text, ref_mask = zip(*rows, strict=True)
     return DiptychSet(
-        image_gt=np.stack(gt), image_masked=np.stack(masked), inpaint=np.stack(inpaint),
-        groups=np.stack(groups), category=np.asarray(cat, np.int64), text_mode=np.asarray(text, bool),
-        categories=[normalize_category(c) for c in cats], reference_mask=np.stack(ref_mask),
-    )  # fmt: skip
+        image_gt=np.stack(gt),
+        image_masked=np.stack(masked),
+        inpaint=np.stack(inpaint),
+        groups=np.stack(groups),
+        category=np.asarray(cat, np.int64),
+        text_mode=np.asarray(text, bool),
+        categories=[normalize_category(c) for c in cats],
+        reference_mask=np.stack(ref_mask),
+    )
 
 
 def build_diptych_set(
@@ -226,10 +240,14 @@ def encode_diptych_set(vae, dset: DiptychSet, batch: int = 32) -> LatentSet:
         x0.append(vae.normalize_latents(vae.encode(dset.float_images(idx, "gt"))))
         cond.append(vae.normalize_latents(vae.encode(dset.float_images(idx, "masked"))))
     return LatentSet(
-        x0=torch.cat(x0), cond=torch.cat(cond), mask=torch.from_numpy(dset.packed_masks()),
-        groups=torch.from_numpy(dset.groups.astype(np.int64)), category=torch.from_numpy(dset.category),
-        text_mode=torch.from_numpy(dset.text_mode), categories=list(dset.categories),
+        x0=torch.cat(x0),
+        cond=torch.cat(cond),
+        mask=torch.from_numpy(dset.packed_masks()),
+        groups=torch.from_numpy(dset.groups.astype(np.int64)),
+        category=torch.from_numpy(dset.category),
+        text_mode=torch.from_numpy(dset.text_mode),
+        categories=list(dset.categories),
         defect=torch.from_numpy(dset.defect_fraction()),
         reference=torch.from_numpy(np.ascontiguousarray(dset.image_gt[:, :, : dset.size])),
         reference_mask=torch.from_numpy(dset.reference_mask) if dset.reference_mask is not None else None,
-    )  # fmt: skip
+    )

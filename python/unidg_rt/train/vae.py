@@ -128,8 +128,13 @@ def train_vae(
     ckpt = Checkpointer(ckpt_path, checkpoint_every_s) if ckpt_path is not None else None
 
     def snapshot(step):
-        return {"step": step, "model": vae.state_dict(), "opt": opt.state_dict(),
-                "wall_s": prev_wall + time.perf_counter() - t0, "losses": list(log.values)}  # fmt: skip
+        return {
+            "step": step,
+            "model": vae.state_dict(),
+            "opt": opt.state_dict(),
+            "wall_s": prev_wall + time.perf_counter() - t0,
+            "losses": list(log.values),
+        }
 
     for step in range(start, recipe.steps):
         rng, gen = step_rng(seed, "vae", step)
