@@ -5,8 +5,25 @@ from __future__ import annotations
 
 import json
 
-TINY = ("--preset", "tiny", "--size", "16", "--steps", "1", "--runs", "1", "--warmup", "0", "--device", "cpu",
-        "--dtype", "float32", "--threads", "1", "--no-e2e")  # fmt: skip
+TINY = (
+    "--preset",
+    "tiny",
+    "--size",
+    "16",
+    "--steps",
+    "1",
+    "--runs",
+    "1",
+    "--warmup",
+    "0",
+    "--device",
+    "cpu",
+    "--dtype",
+    "float32",
+    "--threads",
+    "1",
+    "--no-e2e",
+)
 
 
 def test_bench_fast_path_on_without_cuda(run_cli, monkeypatch):

@@ -18,8 +18,12 @@ runner = CliRunner()
 def _write_inputs(tmp_path, sample_inputs):
     img, mask, ref, rmask = sample_inputs
     paths = {}
-    for name, arr in (("image", img), ("mask", mask.astype(np.uint8) * 255), ("reference", ref),
-                      ("reference-mask", rmask.astype(np.uint8) * 255)):  # fmt: skip
+    for name, arr in (
+        ("image", img),
+        ("mask", mask.astype(np.uint8) * 255),
+        ("reference", ref),
+        ("reference-mask", rmask.astype(np.uint8) * 255),
+    ):
         paths[name] = tmp_path / f"{name}.png"
         Image.fromarray(arr).save(paths[name])
     return paths
@@ -36,8 +40,24 @@ def test_generate_reference_and_text_mode(tiny_checkpoint, sample_inputs, tmp_pa
     assert Image.open(out).size == (120, 100)
     assert record["seed"] == 3 and record["pipeline"]["mode"] == "reference"
     out2 = tmp_path / "text.png"
-    res = runner.invoke(app, ["generate", "--weights", str(tiny_checkpoint), "--image", str(p["image"]),
-                              "--mask", str(p["mask"]), "--category", "hole", "--output", str(out2), "--num-images", "2"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "--weights",
+            str(tiny_checkpoint),
+            "--image",
+            str(p["image"]),
+            "--mask",
+            str(p["mask"]),
+            "--category",
+            "hole",
+            "--output",
+            str(out2),
+            "--num-images",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "text_0.png").exists() and (tmp_path / "text_1.json").exists()
 
@@ -54,10 +74,25 @@ def test_bad_input_is_one_clean_line(tiny_checkpoint, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     proc = subprocess.run(
-        [sys.executable, "-m", "unidg_rt", "generate", "--weights", str(tiny_checkpoint), "--image", str(bad),
-         "--mask", str(bad), "--category", "hole", "--output", str(tmp_path / "x.png")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "unidg_rt",
+            "generate",
+            "--weights",
+            str(tiny_checkpoint),
+            "--image",
+            str(bad),
+            "--mask",
+            str(bad),
+            "--category",
+            "hole",
+            "--output",
+            str(tmp_path / "x.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "--image" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.png").exists()

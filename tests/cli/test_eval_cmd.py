@@ -13,8 +13,19 @@ def test_eval_downstream_quick_prints_the_table_and_writes_json(tmp_path):
     from unidg_rt.evaluation.downstream import METHOD_LABELS, METHODS
 
     out_json, out_md = tmp_path / "d.json", tmp_path / "d.md"
-    args = ["eval", "--downstream", "--quick", "--seeds", "2", "--train-images", "4",
-            "--json", str(out_json), "--markdown", str(out_md)]  # fmt: skip
+    args = [
+        "eval",
+        "--downstream",
+        "--quick",
+        "--seeds",
+        "2",
+        "--train-images",
+        "4",
+        "--json",
+        str(out_json),
+        "--markdown",
+        str(out_md),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "pixel AP" in result.output and "CutPaste" in result.output  # the table (80 columns wraps)

@@ -28,8 +28,12 @@ class RecordingPipeline:
     def __call__(self, image, mask_image, **kw):
         self.calls.append(kw)
         info = {"height": kw["height"], "width": kw["width"], "num_inference_steps": 1, "guidance_scale": 1.0}
-        return UniDGPipelineOutput(images=[Image.fromarray(image)], masks=mask_image.astype(np.float32),
-                                   seeds=[kw["seed"]], info=info)  # fmt: skip
+        return UniDGPipelineOutput(
+            images=[Image.fromarray(image)],
+            masks=mask_image.astype(np.float32),
+            seeds=[kw["seed"]],
+            info=info,
+        )
 
 
 @pytest.fixture
@@ -55,8 +59,10 @@ def _manifest(tmp_path):
     Image.fromarray(img).save(tmp_path / "img.png")
     Image.fromarray(mask).save(tmp_path / "mask.png")
     own = {"paste_mode": "replace", "segments": SEGMENTS[:1], "height": 32}
-    jobs = [{"id": "plain", "image": "img.png", "mask": "mask.png", "category": "hole", "seed": 1},
-            {"id": "own", "image": "img.png", "mask": "mask.png", "category": "hole", "seed": 2, "settings": own}]  # fmt: skip
+    jobs = [
+        {"id": "plain", "image": "img.png", "mask": "mask.png", "category": "hole", "seed": 1},
+        {"id": "own", "image": "img.png", "mask": "mask.png", "category": "hole", "seed": 2, "settings": own},
+    ]
     path = tmp_path / "jobs.jsonl"
     path.write_text("\n".join(json.dumps(j) for j in jobs) + "\n")
     return path
@@ -65,10 +71,13 @@ def _manifest(tmp_path):
 def test_settings_apply_unless_a_job_overrides(run_cli, recorded, tmp_path):
     pipe, settings_seen = recorded
     toml = tmp_path / "settings.toml"
-    toml.write_text('paste_mode = "residual"\nheight = 16\nwidth = 16\n' + "".join(
-        f"[[segments]]\nstart = {s['start']}\nend = {s['end']}\nguidance_scale = {s['guidance_scale']}\n"
-        for s in SEGMENTS
-    ))  # fmt: skip
+    toml.write_text(
+        'paste_mode = "residual"\nheight = 16\nwidth = 16\n'
+        + "".join(
+            f"[[segments]]\nstart = {s['start']}\nend = {s['end']}\nguidance_scale = {s['guidance_scale']}\n"
+            for s in SEGMENTS
+        )
+    )
     out = tmp_path / "out"
     run = run_cli("synth", _manifest(tmp_path), "--out", out, "--config", toml, "--fast-path", "off")
     assert run.code == 0, run.stderr

@@ -16,9 +16,27 @@ def test_eval_cli_prints_the_table_and_writes_json_and_grid(
 
     monkeypatch.setattr(E, "load_or_train", lambda *a, **k: tiny_classifier)  # skip the 30 s training
     out_json, out_png, out_md = tmp_path / "r.json", tmp_path / "g.png", tmp_path / "t.md"
-    args = ["eval", "--weights", str(tiny_checkpoint), "--cases", "2", "--steps", "2", "--seeds", "2",
-            "--categories", "scratch,hole", "--json", str(out_json), "--grid", str(out_png),
-            "--markdown", str(out_md), "--classifier-cache", str(tmp_path / "cache")]  # fmt: skip
+    args = [
+        "eval",
+        "--weights",
+        str(tiny_checkpoint),
+        "--cases",
+        "2",
+        "--steps",
+        "2",
+        "--seeds",
+        "2",
+        "--categories",
+        "scratch,hole",
+        "--json",
+        str(out_json),
+        "--grid",
+        str(out_png),
+        "--markdown",
+        str(out_md),
+        "--classifier-cache",
+        str(tmp_path / "cache"),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "SFT+APO" in result.output and "consistency" in result.output

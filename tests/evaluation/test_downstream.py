@@ -100,8 +100,13 @@ def test_quick_run_end_to_end(default_pipeline):
     report = D.run_downstream(default_pipeline, D.DownstreamConfig.quick(seeds=2))
     assert set(report.methods) == set(D.METHODS)
     for metrics in report.methods.values():
-        for key in ("pixel_ap", "image_auroc", "pixel_ap_bank_categories", "pixel_ap_other_categories",
-                    "pixel_ap_other_surfaces"):  # fmt: skip
+        for key in (
+            "pixel_ap",
+            "image_auroc",
+            "pixel_ap_bank_categories",
+            "pixel_ap_other_categories",
+            "pixel_ap_other_surfaces",
+        ):
             summary = metrics[key]
             assert len(summary["per_seed"]) == 2
             assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in summary["per_seed"])

@@ -27,9 +27,24 @@ class FakePipeline:
         self.fail_on = fail_on or {}
         self.calls = 0
 
-    def __call__(self, image, mask_image, reference_image=None, reference_mask=None, *, defect_category=None,
-                 seed=0, num_images_per_prompt=1, height=None, width=None, num_inference_steps=None,
-                 guidance_scale=None, feather=None, output_type="pil", **_):  # fmt: skip
+    def __call__(
+        self,
+        image,
+        mask_image,
+        reference_image=None,
+        reference_mask=None,
+        *,
+        defect_category=None,
+        seed=0,
+        num_images_per_prompt=1,
+        height=None,
+        width=None,
+        num_inference_steps=None,
+        guidance_scale=None,
+        feather=None,
+        output_type="pil",
+        **_,
+    ):
         self.calls += 1
         if defect_category in self.fail_on:
             raise self.fail_on[defect_category]
@@ -44,8 +59,13 @@ class FakePipeline:
             out[mask_image] = rng.integers(0, 256, (int(mask_image.sum()), 3), dtype=np.uint8)
             images.append(Image.fromarray(out))
             seeds.append(seed + k)
-        info = {"height": height or 64, "width": width or 64, "num_inference_steps": num_inference_steps or 1,
-                "guidance_scale": guidance_scale or 1.0, "backend": "fake"}  # fmt: skip
+        info = {
+            "height": height or 64,
+            "width": width or 64,
+            "num_inference_steps": num_inference_steps or 1,
+            "guidance_scale": guidance_scale or 1.0,
+            "backend": "fake",
+        }
         return UniDGPipelineOutput(images=images, masks=mask_image.astype(np.float32), seeds=seeds, info=info)
 
 
@@ -142,6 +162,12 @@ def kit():
     from types import SimpleNamespace
 
     return SimpleNamespace(
-        FakePipeline=FakePipeline, FAST=FAST, texture=texture, box_mask=box_mask, write_manifest=write_manifest,
-        good_jobs=good_jobs, tree_bytes=tree_bytes, ok_counts=ok_counts,
-    )  # fmt: skip
+        FakePipeline=FakePipeline,
+        FAST=FAST,
+        texture=texture,
+        box_mask=box_mask,
+        write_manifest=write_manifest,
+        good_jobs=good_jobs,
+        tree_bytes=tree_bytes,
+        ok_counts=ok_counts,
+    )

@@ -42,8 +42,16 @@ def _anomalib_mvtec_samples(root_category: Path, split: str | None = None) -> li
     samples = [(str(root), *f.parts[-3:]) for f in root.glob("**/*") if f.suffix in MVTEC_EXTENSIONS]
     if not samples:
         raise RuntimeError(f"Found 0 images in {root}")
-    rows = [{"path": p, "split": s, "label": lb, "image_path": f"{p}/{s}/{lb}/{f}",
-             "label_index": 0 if lb == "good" else 1} for p, s, lb, f in samples]  # fmt: skip
+    rows = [
+        {
+            "path": p,
+            "split": s,
+            "label": lb,
+            "image_path": f"{p}/{s}/{lb}/{f}",
+            "label_index": 0 if lb == "good" else 1,
+        }
+        for p, s, lb, f in samples
+    ]
     masks = sorted((r for r in rows if r["split"] == "ground_truth"), key=lambda r: r["image_path"])
     rows = sorted((r for r in rows if r["split"] != "ground_truth"), key=lambda r: r["image_path"])
     abnormal_test = [r for r in rows if r["split"] == "test" and r["label_index"] == 1]
@@ -91,9 +99,17 @@ def _ids_that_break_naive_names() -> list[str]:
 def batch_dir(inputs_dir, kit):
     lines = []
     for i, job_id in enumerate(_ids_that_break_naive_names() * 2):
-        lines.append({"id": f"{job_id}-{'ab'[i // 4]}", "image": f"normal_{i % 4}.png", "mask": f"mask_{i % 4}.png",
-                      "category": ["scratch", "hole"][i % 2], "product": ["tile", "Metal Nut"][i // 4],
-                      "seed": i, "count": 1 + i % 2})  # fmt: skip
+        lines.append(
+            {
+                "id": f"{job_id}-{'ab'[i // 4]}",
+                "image": f"normal_{i % 4}.png",
+                "mask": f"mask_{i % 4}.png",
+                "category": ["scratch", "hole"][i % 2],
+                "product": ["tile", "Metal Nut"][i // 4],
+                "seed": i,
+                "count": 1 + i % 2,
+            }
+        )
     m = kit.write_manifest(inputs_dir / "m.jsonl", lines)
     assert run_jobs(kit.FakePipeline, m, inputs_dir / "out").ok == 8
     return inputs_dir / "out"
@@ -125,8 +141,11 @@ def test_mvtec_layout_loads_with_anomalib_conventions(batch_dir):
 def test_naive_names_would_break_anomalib(tmp_path):
     """Guard for the zero-padding rule: <id>.png/<id>_mask.png names mis-pair in anomalib."""
     for name in ("p-1", "p-10"):
-        for sub, fname in (("test/hole", f"{name}.png"), ("ground_truth/hole", f"{name}_mask.png"),
-                           ("train/good", f"{name}.png")):  # fmt: skip
+        for sub, fname in (
+            ("test/hole", f"{name}.png"),
+            ("ground_truth/hole", f"{name}_mask.png"),
+            ("train/good", f"{name}.png"),
+        ):
             (tmp_path / sub).mkdir(parents=True, exist_ok=True)
             Image.new("L", (4, 4)).save(tmp_path / sub / fname)
     with pytest.raises(MisMatchError):
@@ -186,9 +205,18 @@ def test_procedural_quadruplets_through_tiny_model_to_mvtec(tmp_path, kit, tiny_
     for i in range(4):
         q = quadruplets.generate_quadruplet(i, size=(48, 64))
         j = (i + 1) % 4  # insert item i's defect into item j's normal, where item j's defect was
-        lines.append({"id": f"q{i}", "image": f"normal_{j}.png", "mask": f"mask_{j}.png", "category": q.category,
-                      "reference_image": f"abnormal_{i}.png", "reference_mask": f"mask_{i}.png",
-                      "product": "surface", "seed": i})  # fmt: skip
+        lines.append(
+            {
+                "id": f"q{i}",
+                "image": f"normal_{j}.png",
+                "mask": f"mask_{j}.png",
+                "category": q.category,
+                "reference_image": f"abnormal_{i}.png",
+                "reference_mask": f"mask_{i}.png",
+                "product": "surface",
+                "seed": i,
+            }
+        )
     m = kit.write_manifest(d / "m.jsonl", lines)
     s = run_jobs(tiny_factory, m, tmp_path / "out", defaults=kit.FAST)
     assert s.ok == 4 and s.exit_code == 0

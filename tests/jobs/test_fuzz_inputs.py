@@ -75,8 +75,11 @@ def test_decompression_bomb_header_is_refused():
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.binary(max_size=512), st.sampled_from(["image", "mask", "reference_image", "reference_mask"]),
-       st.binary(max_size=300))  # fmt: skip
+@given(
+    st.binary(max_size=512),
+    st.sampled_from(["image", "mask", "reference_image", "reference_mask"]),
+    st.binary(max_size=300),
+)
 def test_batch_with_fuzzed_input_file_and_manifest_line(kit, junk, field, junk_line):
     root = Path(tempfile.mkdtemp())
     try:

@@ -24,13 +24,30 @@ from unidg_rt.jobs.manifest import (
 
 
 def test_valid_lines_shorthands_and_relative_paths(tmp_path, kit):
-    path = kit.write_manifest(tmp_path / "m.jsonl", [
-        "# a comment, then a blank line", "",
-        {"id": "a", "image": "img/a.png", "mask": "img/a_mask.png", "category": "scratch", "seed": 3, "count": 2},
-        {"id": "b", "image": "/abs/b.png", "mask_strategy": "center_box", "category": "hole"},
-        {"id": "c", "image": "c.png", "mask": {"strategy": "random_blob", "scale": [0.1, 0.3]},
-         "reference_image": "r.png", "reference_mask": "r_mask.png", "settings": {"num_inference_steps": 4}},
-    ])  # fmt: skip
+    path = kit.write_manifest(
+        tmp_path / "m.jsonl",
+        [
+            "# a comment, then a blank line",
+            "",
+            {
+                "id": "a",
+                "image": "img/a.png",
+                "mask": "img/a_mask.png",
+                "category": "scratch",
+                "seed": 3,
+                "count": 2,
+            },
+            {"id": "b", "image": "/abs/b.png", "mask_strategy": "center_box", "category": "hole"},
+            {
+                "id": "c",
+                "image": "c.png",
+                "mask": {"strategy": "random_blob", "scale": [0.1, 0.3]},
+                "reference_image": "r.png",
+                "reference_mask": "r_mask.png",
+                "settings": {"num_inference_steps": 4},
+            },
+        ],
+    )
     m = load_manifest(path)
     assert not m.errors and [j.id for j in m.jobs] == ["a", "b", "c"]
     a, b, c = m.jobs
@@ -60,14 +77,14 @@ def test_valid_lines_shorthands_and_relative_paths(tmp_path, kit):
                 "category": "s",
             },
             "0 < low <= high <= 1",
-        ),  # fmt: skip
+        ),
         ({"id": "x", "image": "i.png", "mask_strategy": "star", "category": "s"}, "strategy"),
         ({"id": "x", "image": "i.png", "mask": "m.png", "category": "good"}, "reserved"),
         ({"id": "x", "image": "i.png", "mask": "m.png", "category": "s", "seed": -1}, "seed"),
         (
             {"id": "x", "image": "i.png", "mask": "m.png", "category": "s", "settings": {"height": 20}},
             "multiple of 16",
-        ),  # fmt: skip
+        ),
         ({"id": "x", "image": "i.png", "mask": "m.png", "category": "s", "colour": "red"}, "colour"),
     ],
 )
@@ -79,9 +96,12 @@ def test_bad_lines_become_errors_with_reason(line, needle):
 
 
 def test_error_ids_and_duplicates(kit):
-    lines = [{"id": "a", "image": "i.png", "mask": "m.png", "category": "s"},
-             {"id": "a", "image": "j.png", "mask": "m.png", "category": "s"},
-             {"id": "b", "image": "i.png"}, "garbage"]  # fmt: skip
+    lines = [
+        {"id": "a", "image": "i.png", "mask": "m.png", "category": "s"},
+        {"id": "a", "image": "j.png", "mask": "m.png", "category": "s"},
+        {"id": "b", "image": "i.png"},
+        "garbage",
+    ]
     m = parse_manifest_bytes("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines).encode())
     assert [j.id for j in m.jobs] == ["a"] and m.jobs[0].image.name == "i.png"
     assert [(e.line, e.id) for e in m.errors] == [(2, "#line-2"), (3, "b"), (4, "#line-4")]
@@ -150,8 +170,19 @@ _json = st.recursive(
     ),
     max_leaves=12,
 )
-_FIELDS = ["id", "image", "mask", "mask_strategy", "reference_image", "reference_mask", "category", "product",
-           "seed", "count", "settings"]  # fmt: skip
+_FIELDS = [
+    "id",
+    "image",
+    "mask",
+    "mask_strategy",
+    "reference_image",
+    "reference_mask",
+    "category",
+    "product",
+    "seed",
+    "count",
+    "settings",
+]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -183,8 +214,14 @@ def test_fingerprints_stable_across_the_paste_mode_and_segments_keys():
 
     from unidg_rt.jobs.manifest import GenerationOverrides
 
-    job = Job(id="a", image="/x/a.png", mask="/x/m.png", category="scratch", seed=3,
-              settings={"num_inference_steps": 4})  # fmt: skip
+    job = Job(
+        id="a",
+        image="/x/a.png",
+        mask="/x/m.png",
+        category="scratch",
+        seed=3,
+        settings={"num_inference_steps": 4},
+    )
     defaults = GenerationOverrides(height=16, width=16)
     before = {
         "height": None,

@@ -33,7 +33,7 @@ def _bad_jobs(d):
             "image": "normal_0.png",
             "mask_strategy": {"strategy": "box", "box": [0, 0, 65, 5]},
             "category": "scratch",
-        },  # fmt: skip
+        },
         {**base, "id": "bad-category", "category": "wobble"},
         {**base, "id": "bad-crash", "category": "black_spot"},
         "{broken json",
@@ -63,8 +63,10 @@ def test_bad_jobs_recorded_batch_goes_on(inputs_dir, kit):
 
 
 def test_resume_skips_done_and_retries_failed(inputs_dir, kit):
-    m = kit.write_manifest(inputs_dir / "m.jsonl", kit.good_jobs(3) + [{"id": "late", "image": "later.png",
-                                                                          "mask": "mask_0.png", "category": "hole"}])  # fmt: skip
+    m = kit.write_manifest(
+        inputs_dir / "m.jsonl",
+        kit.good_jobs(3) + [{"id": "late", "image": "later.png", "mask": "mask_0.png", "category": "hole"}],
+    )
     out = inputs_dir / "out"
     first = run_jobs(kit.FakePipeline, m, out)
     assert (first.ok, first.failed) == (3, 1)

@@ -36,8 +36,23 @@ def test_folder_with_plan_exits_0_and_resumes(inputs_dir, tiny_checkpoint):
     folder.mkdir()
     for i in range(2):
         (inputs_dir / f"normal_{i}.png").rename(folder / f"n{i}.png")
-    args = [folder, "--out", inputs_dir / "out", "--weights", tiny_checkpoint, "--per-image", "2",
-            "--categories", "scratch,hole", "--plan-seed", "1", "--product", "tile", "--format", "mvtec"]  # fmt: skip
+    args = [
+        folder,
+        "--out",
+        inputs_dir / "out",
+        "--weights",
+        tiny_checkpoint,
+        "--per-image",
+        "2",
+        "--categories",
+        "scratch,hole",
+        "--plan-seed",
+        "1",
+        "--product",
+        "tile",
+        "--format",
+        "mvtec",
+    ]
     result, summary = _run(*args)
     assert result.exit_code == 0, result.output
     assert (summary["ok"], summary["dataset"]["abnormal"], summary["dataset"]["normal"]) == (4, 4, 2)

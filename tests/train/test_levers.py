@@ -65,8 +65,9 @@ def test_fresh_stream_replaces_one_pair_in_ring_order(tiny_latents):
     torch.manual_seed(0)
     vae = AutoencoderKLFlux(tiny_vae_config()).eval()
     r = _recipe()
-    lat = type(tiny_latents)(**{k: (v.clone() if isinstance(v, torch.Tensor) else v)
-                                for k, v in tiny_latents.__dict__.items()})  # fmt: skip
+    lat = type(tiny_latents)(
+        **{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in tiny_latents.__dict__.items()}
+    )
     before = lat.x0.clone()
     stream = FreshStream(vae, r.data, 0, every=2, num_pairs=len(lat) // 4)
     assert not stream.refresh(lat, 0) and not stream.refresh(lat, 1)
@@ -108,8 +109,17 @@ def test_levers_run_is_seeded_and_resume_exact(tmp_path):
         rr.sft.steps = steps
         lat = run.latents(vae)
         fresh = FreshStream(vae, r.data, r.seed, 1, len(lat) // 4)
-        return train_sft(lat, rr.sft, tcfg, r.seed, r.data.text_seq_len, ckpt, 0.0, fresh=fresh,
-                         heldout=heldout_latents(vae, r.data, r.seed, 2))  # fmt: skip
+        return train_sft(
+            lat,
+            rr.sft,
+            tcfg,
+            r.seed,
+            r.data.text_seq_len,
+            ckpt,
+            0.0,
+            fresh=fresh,
+            heldout=heldout_latents(vae, r.data, r.seed, 2),
+        )
 
     go(2)  # checkpoint_every_s 0: saved after every step
     model, _, _ = go(3)  # resumes at step 2 with the EMA, the optimiser and the fresh bank

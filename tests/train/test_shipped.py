@@ -23,8 +23,18 @@ def test_shipped_files_and_card():
     assert total <= 25_000_000
     d = _card().defaults
     assert d["trained"] is True
-    for key in ("height", "width", "num_inference_steps", "guidance_scale", "text_seq_len",
-                "group_bias_lambda", "feather", "adapters", "segments", "description"):  # fmt: skip
+    for key in (
+        "height",
+        "width",
+        "num_inference_steps",
+        "guidance_scale",
+        "text_seq_len",
+        "group_bias_lambda",
+        "feather",
+        "adapters",
+        "segments",
+        "description",
+    ):
         assert key in d, key
     assert (folder / d["adapters"]["apo"]["file"]).is_file()
     report = json.loads((folder / "train_report.json").read_text())
@@ -58,14 +68,27 @@ def _samples():
 def test_shipped_model_generates_reference_and_text_mode(pipe):
     target, mask, ref, ref_mask = _samples()
     assert "apo" in pipe.backend.adapters.adapters  # the APO LoRA loaded from the card
-    out = pipe(image=target, mask_image=mask, reference_image=ref, reference_mask=ref_mask,
-               num_inference_steps=2, seed=0, output_type="np")  # fmt: skip
+    out = pipe(
+        image=target,
+        mask_image=mask,
+        reference_image=ref,
+        reference_mask=ref_mask,
+        num_inference_steps=2,
+        seed=0,
+        output_type="np",
+    )
     img = out.images[0]
     assert img.shape == target.shape and np.isfinite(img).all()
     outside = out.masks == 0
     np.testing.assert_array_equal((img * 255).round().astype(np.uint8)[outside], target[outside])
-    txt = pipe(image=target, mask_image=mask, defect_category="scratch", num_inference_steps=2, seed=0,
-               output_type="np")  # fmt: skip
+    txt = pipe(
+        image=target,
+        mask_image=mask,
+        defect_category="scratch",
+        num_inference_steps=2,
+        seed=0,
+        output_type="np",
+    )
     assert txt.images[0].shape == target.shape and txt.info["mode"] == "text"
     d = pipe.defaults
     assert out.info["height"] == d["height"] and out.info["width"] == d["width"]
