@@ -26,7 +26,7 @@ import torch
 from unidg_rt.groups import default_group_bias
 from unidg_rt.models.mmdit import FluxTransformer
 from unidg_rt.models.presets import PRESETS
-from unidg_rt.runtime.backend import latent_image_ids
+from unidg_rt.sampling import latent_image_ids
 
 logger = logging.getLogger(__name__)
 
@@ -297,13 +297,18 @@ def _assemble(cfg: BenchConfig, results: dict[str, Any], complete: bool) -> dict
 def _pipeline_e2e(cfg: BenchConfig, backend, tcfg, vcfg, timer) -> dict[str, float]:
     """Reference mode end to end through :class:`UniDGPipeline` on ``backend``: crop, diptych,
     VAE encode, ``cfg.steps`` denoising steps, decode, paste back (numpy in, numpy out)."""
+    from unidg_rt.artifacts.card import Card, PipelineFacts
     from unidg_rt.runtime.pipeline import UniDGPipeline
 
-    pipe = UniDGPipeline(
-        backend, text_seq_len=cfg.text_len, joint_attention_dim=tcfg.joint_attention_dim,
-        pooled_projection_dim=tcfg.pooled_projection_dim, latent_channels=tcfg.out_dim // 4,
-        vae_scale_factor=vcfg.downsample_factor, guidance_embeds=tcfg.guidance_embeds,
-    )  # fmt: skip
+    facts = PipelineFacts(
+        text_seq_len=cfg.text_len,
+        joint_attention_dim=tcfg.joint_attention_dim,
+        pooled_projection_dim=tcfg.pooled_projection_dim,
+        latent_channels=tcfg.out_dim // 4,
+        vae_scale_factor=vcfg.downsample_factor,
+        guidance_embeds=tcfg.guidance_embeds,
+    )
+    pipe = UniDGPipeline(backend, Card(facts))
     rng = np.random.default_rng(cfg.seed)
     img = (rng.random((cfg.height, cfg.width, 3)) * 255).astype(np.uint8)
     mask = np.zeros(img.shape[:2], bool)

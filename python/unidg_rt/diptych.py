@@ -16,6 +16,7 @@ Cropping, dilation and paste-back live in :mod:`unidg_rt.crops`; they are re-exp
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -166,6 +167,24 @@ class Diptych:
     def packed_mask(self) -> np.ndarray:
         """:func:`pack_mask` of :attr:`inpaint_mask`: float32 ``[N_img, 256]``."""
         return pack_mask(self.inpaint_mask)
+
+    def without_reference(self) -> Diptych:
+        """The same target in text-mode composition (gray left half, no reference groups): what
+        :func:`prepare_diptych` returns without a reference, without cropping the target again
+        (the unconditional branch of reference CFG)."""
+        w = self.width
+        gray = np.full((self.height, w, 3), MASKED_VALUE, dtype=np.float32)
+        image = np.concatenate([gray, self.image[:, w:]], axis=1)  # [H, 2W, 3]
+        masked = np.where(self.inpaint_mask[..., None] > 0, np.float32(MASKED_VALUE), image)
+        no_ref = np.zeros_like(self.reference_mask)
+        return dataclasses.replace(
+            self,
+            image=image.astype(np.float32),
+            masked_image=masked.astype(np.float32),
+            reference_mask=no_ref,
+            token_groups=diptych_token_groups(no_ref, self.target_mask),
+            reference_box=None,
+        )
 
     def paste(self, generated: np.ndarray, feather: int = 8) -> tuple[np.ndarray, np.ndarray]:
         """Paste a generated diptych ``[H, 2W, 3]`` (or its right half ``[H, W, 3]``) back.

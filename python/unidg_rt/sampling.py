@@ -1,4 +1,4 @@
-"""Rectified-flow sampling: FLUX schedules and the Euler step (DESIGN §1.4).
+"""Rectified-flow sampling: FLUX schedules, the Euler step, latent packing (DESIGN §1.4).
 
 Pure functions over numpy arrays or torch tensors (no torch import here). The schedule is
 *data* — a ``sigmas`` array of length ``steps + 1`` ending in 0 — so hierarchical or custom
@@ -95,6 +95,41 @@ def euler_step(sample, model_output, sigma: float, sigma_next: float):
 def scale_noise(sample, noise, sigma: float):
     """Forward process ``sigma * noise + (1 - sigma) * sample`` (img2img / training targets)."""
     return sigma * noise + (1.0 - sigma) * sample
+
+
+# --------------------------------------------------------------------------- latent packing
+def _permute(x, axes):
+    return x.permute(*axes) if hasattr(x, "permute") else np.transpose(x, axes)
+
+
+def pack_latents(latents):
+    """[B, C, h, w] → [B, (h/2)(w/2), 4C] (diffusers ``_pack_latents``; numpy or torch)."""
+    b, c, h, w = latents.shape
+    x = latents.reshape(b, c, h // 2, 2, w // 2, 2)  # [B, C, h/2, 2, w/2, 2]
+    x = _permute(x, (0, 2, 4, 1, 3, 5))  # [B, h/2, w/2, C, 2, 2]
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(packed, h: int, w: int):
+    """[B, (h/2)(w/2), 4C] → [B, C, h, w] (diffusers ``_unpack_latents``; h, w latent size)."""
+    b, _, ch = packed.shape
+    x = packed.reshape(b, h // 2, w // 2, ch // 4, 2, 2)  # [B, h/2, w/2, C, 2, 2]
+    x = _permute(x, (0, 3, 1, 4, 2, 5))  # [B, C, h/2, 2, w/2, 2]
+    return x.reshape(b, ch // 4, h, w)
+
+
+def latent_image_ids(h: int, w: int) -> np.ndarray:
+    """(t=0, row, col) per packed token, float32 ``[(h/2)(w/2), 3]`` (h, w latent size)."""
+    ids = np.zeros((h // 2, w // 2, 3), dtype=np.float32)
+    ids[..., 1] = np.arange(h // 2)[:, None]
+    ids[..., 2] = np.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3)
+
+
+def left_half_tokens(h2: int, w2: int) -> np.ndarray:
+    """bool ``[h2·w2]``: the packed tokens (row-major over the ``h2 × w2`` token grid, as
+    :func:`pack_latents` orders them) of a diptych's reference (left) half."""
+    return np.arange(h2 * w2) % w2 < w2 // 2
 
 
 # --------------------------------------------------------------------------- hierarchical schedules

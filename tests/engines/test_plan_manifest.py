@@ -9,7 +9,13 @@ import pytest
 
 from unidg_rt.engines import manifest as mf
 from unidg_rt.engines.build import build_engine
-from unidg_rt.errors import BackendUnavailableError, ConfigError, EngineMismatchError, InvalidInputError
+from unidg_rt.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    EngineMismatchError,
+    InvalidInputError,
+    WeightsError,
+)
 
 PROFILE = {"hidden_states": ((1, 4, 8), (1, 16, 8), (2, 64, 8))}
 
@@ -155,7 +161,8 @@ def _three_roles(fake_trt, tmp_path, tiny_onnx, **kw):
 
 
 def test_select_plans_prefers_fold_and_refuses_wrong_gpu(fake_trt, tmp_path, tiny_onnx):
-    from unidg_rt.runtime.trt_backend import model_facts, select_plans
+    from unidg_rt.artifacts.card import card_from_plan
+    from unidg_rt.runtime.trt_backend import select_plans
 
     out = _three_roles(fake_trt, tmp_path, tiny_onnx, target="8.9")
     chosen = select_plans(out, "8.9", runtime_versions={"tensorrt-rtx": "1.7.1.116"})
@@ -169,8 +176,16 @@ def test_select_plans_prefers_fold_and_refuses_wrong_gpu(fake_trt, tmp_path, tin
         select_plans(out, "12.0")
     with pytest.raises(InvalidInputError, match="no transformer plan .* with precision bf16"):
         select_plans(out, "8.9", precision="bf16")
-    facts = model_facts(chosen["transformer"][1])
-    assert facts["latent_channels"] == 2 and facts["guidance_embeds"] is False
+    # facts are read from the sidecar, never guessed from tensor shapes: a plan built from a
+    # graph without its exported folder's manifest is refused with the rebuild command
+    path, manifest = chosen["transformer"]
+    with pytest.raises(WeightsError, match="lacks the pipeline facts .*rebuild it with `unidg-rt build ONNX_DIR`"):
+        card_from_plan(manifest.get("metadata") or {}, out, path.name)
+    facts = {"text_seq_len": 8, "joint_attention_dim": 32, "pooled_projection_dim": 16, "latent_channels": 2,
+             "vae_scale_factor": 8, "guidance_embeds": False, "defaults": {"height": 64}}  # fmt: skip
+    card = card_from_plan(facts, out, path.name)
+    assert card.facts.latent_channels == 2 and card.facts.guidance_embeds is False
+    assert card.defaults.height == 64 and card.base == out
 
 
 def test_select_plans_takes_the_reference_encoder_when_built(fake_trt, tmp_path, tiny_onnx):
@@ -190,11 +205,10 @@ def test_select_plans_takes_the_reference_encoder_when_built(fake_trt, tmp_path,
     assert reference_image_size({"metadata": {"spec_attrs": {"image_size": 96}}}) == 96
 
 
-def test_reference_encoder_runner_and_refusal_without_a_gpu():
+def test_reference_encoder_runner_without_a_gpu():
     import numpy as np
 
-    from unidg_rt.errors import WeightsError
-    from unidg_rt.runtime.ort_backend import ReferenceEncoderRunner, reference_encoder_for
+    from unidg_rt.runtime.conditioning import ReferenceEncoderRunner
 
     class Echo:  # an engine stand-in: records the feed, returns the outputs' shapes
         def infer(self, feed):
@@ -202,18 +216,14 @@ def test_reference_encoder_runner_and_refusal_without_a_gpu():
             return {"encoder_hidden_states": np.ones((1, 8, 4)), "pooled_projections": np.ones((1, 6))}
 
     engine = Echo()
-    runner = reference_encoder_for(engine, 16, {"reference_encoder": {"file": "r.safetensors"}}, "plan")
-    assert isinstance(runner, ReferenceEncoderRunner)
+    runner = ReferenceEncoderRunner(engine, 16)
     embeds, pooled = runner.encode(np.full((32, 32, 3), 255, np.uint8))
     assert embeds.shape == (8, 4) and pooled.shape == (6,) and embeds.dtype == np.float32
     assert engine.feed["images"].shape == (1, 3, 16, 16) and np.allclose(engine.feed["images"], 1.0)
-    assert reference_encoder_for(None, None, {}, "plan") is None
-    with pytest.raises(WeightsError, match="has no reference_encoder plan: build it"):
-        reference_encoder_for(None, None, {"reference_encoder": {"file": "r.safetensors"}}, "plan: build it")
 
 
 def test_trt_backend_imports_without_tensorrt_and_needs_cuda(tmp_path):
-    import unidg_rt.runtime.trt_backend as tb
+    import unidg_rt.runtime.trt_backend  # noqa: F401 - imports without TensorRT
     from unidg_rt.runtime.pipeline import UniDGPipeline
 
     try:
@@ -225,7 +235,7 @@ def test_trt_backend_imports_without_tensorrt_and_needs_cuda(tmp_path):
     if has_cuda:
         pytest.skip("this machine has CUDA: the no-GPU refusal is not observable here")
     with pytest.raises(BackendUnavailableError, match="CUDA GPU"):
-        tb.pipeline_from_engines(UniDGPipeline, tmp_path)
+        UniDGPipeline.from_engines(tmp_path)
 
 
 def test_trt_runner_feed_adaptation_matches_ort():

@@ -175,7 +175,7 @@ def test_vae_mid_attention_fuses_for_ada_and_blackwell_not_with_ampere(
 
 def test_reference_encoder_plan_io(plans):
     """The reference encoder's plan keeps the one I/O vocabulary with a static crop side S (what
-    ``pipeline_from_engines`` resizes crops to) and a dynamic batch."""
+    ``TRTBackend`` resizes crops to) and a dynamic batch."""
     from unidg_rt.runtime.trt_backend import reference_image_size
 
     m = plans["reference_encoder"].manifest

@@ -86,7 +86,7 @@ def test_default_variants_share_the_card_segments_with_adapters_off_for_sft(tiny
     pipe = UniDGPipeline.from_pretrained(tiny_checkpoint)
     pipe.backend.adapters.add("apo", rank=2, init="random")
     segs = [{"start": 0.0, "end": 1.0, "adapter_scales": {"apo": 1.0}, "true_cfg_scale": 4.0}]
-    pipe.defaults["segments"] = segs
+    pipe.replace_defaults(segments=segs)
     sft, apo = default_variants(pipe)
     assert apo.call_kwargs["segments"] == segs
     assert sft.call_kwargs["segments"] == [{**segs[0], "adapter_scales": {"apo": 0.0}}]

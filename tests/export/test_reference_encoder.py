@@ -107,7 +107,7 @@ def test_ort_graph_matches_torch_fp32(ref_export):
 def test_numpy_resize_matches_torch_bilinear():
     import torch
 
-    from unidg_rt.runtime.ort_backend import resize_bilinear
+    from unidg_rt.runtime.conditioning import resize_bilinear
 
     rng = np.random.default_rng(1)
     for shape, size in (((64, 64, 3), 48), ((37, 53, 3), 48), ((20, 31, 3), 96), ((100, 120, 3), 96)):
@@ -123,7 +123,8 @@ def test_runner_encode_matches_torch_reference_encoder(ref_export, ref_checkpoin
     """``ReferenceEncoderRunner`` (numpy: [0, 1] or uint8 → [-1, 1], resize only when S' != S) vs
     ``TorchReferenceEncoder`` (torch's ``pixels_to_input``)."""
     from unidg_rt.models.refenc import TorchReferenceEncoder
-    from unidg_rt.runtime.ort_backend import OrtRunner, ReferenceEncoderRunner
+    from unidg_rt.runtime.conditioning import ReferenceEncoderRunner
+    from unidg_rt.runtime.ort_backend import OrtRunner
 
     session = _session(ref_export[0] / "reference_encoder.default.fp32.onnx")
     runner = ReferenceEncoderRunner(OrtRunner(session, "reference_encoder"), 48)
@@ -198,7 +199,7 @@ def ref_onnx_dir(onnx_dir, ref_export, tmp_path_factory):
 def test_pipeline_reference_mode_matches_torch(ref_onnx_dir, ref_checkpoint, sample_inputs):
     """``from_onnx`` wires the exported encoder; reference mode matches ``from_pretrained`` within
     the torch-vs-ORT pipeline parity test's tolerance (test_pipeline_onnx.py: 1e-3, one uint8 step)."""
-    from unidg_rt.runtime.ort_backend import ReferenceEncoderRunner
+    from unidg_rt.runtime.conditioning import ReferenceEncoderRunner
     from unidg_rt.runtime.pipeline import UniDGPipeline
 
     ort_pipe, torch_pipe = (

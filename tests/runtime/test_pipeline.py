@@ -87,15 +87,14 @@ def test_card_crop_rule_is_used(tiny_checkpoint, sample_inputs):
     img, mask, ref, rmask = sample_inputs
     p = UniDGPipeline.from_pretrained(tiny_checkpoint)
     wide = pipe_diptych(p, img, mask, ref, rmask).target_box
-    p.defaults["crop"] = {"context": 0.02, "min_side": 16, "max_margin": 0.2}
+    p.replace_defaults(crop={"context": 0.02, "min_side": 16, "max_margin": 0.2})
     tight = pipe_diptych(p, img, mask, ref, rmask).target_box
     assert tight.width < wide.width
     out = p(img, mask, ref, rmask, seed=0, output_type="np")
     alpha_rows = np.flatnonzero(out.masks.max(axis=1) > 0)
     assert alpha_rows.min() >= tight.y0 and alpha_rows.max() < tight.y1  # pasted inside the tight crop
-    p.defaults["crop"] = {"margin": 1.0}
-    with pytest.raises(ConfigError, match="crop"):
-        p(img, mask, ref, rmask, seed=0)
+    with pytest.raises(ConfigError, match="crop"):  # refused when the card is read, not at a call
+        p.replace_defaults(crop={"margin": 1.0})
 
 
 def test_torch_generator_reproducible(pipe, sample_inputs):
@@ -313,7 +312,7 @@ def test_reference_encoder_conditions_reference_mode_only(encoder_checkpoint, sa
     pipe(img, mask, ref, rmask, defect_category="hole", seed=0, output_type="np")
     assert len(calls) == 1  # text mode, or a category given with the reference: no encoder call
     # a card with the cut-out convention: the encoder gets the crop gray outside the reference mask
-    pipe.defaults["reference_encoder"] = {**pipe.defaults["reference_encoder"], "cutout": True}
+    pipe.replace_defaults(reference_encoder={**pipe.defaults["reference_encoder"], "cutout": True})
     seen = []
     pipe.reference_encoder.encode = lambda crop: seen.append(crop) or encode(crop)
     pipe(img, mask, ref, rmask, seed=0, output_type="np")

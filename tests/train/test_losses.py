@@ -75,7 +75,7 @@ def test_flow_batch_is_the_pipeline_feed(tiny_latents):
             assert (e[i] == 0).all()
     # rectified-flow target: z = (1 - s) x0 + s n and v = n - x0  =>  x0 = z - s v
     z = b.feed["hidden_states"][..., :64]
-    from unidg_rt.runtime.backend import pack_latents
+    from unidg_rt.sampling import pack_latents
 
     x0 = pack_latents(lat.x0[idx])
     torch.testing.assert_close(z - b.sigma[:, None, None] * b.target, x0, atol=1e-5, rtol=1e-5)

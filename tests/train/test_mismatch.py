@@ -12,7 +12,7 @@ import torch
 from unidg_rt.groups import TokenGroup
 from unidg_rt.models.config import FluxConfig
 from unidg_rt.models.mmdit import FluxTransformer
-from unidg_rt.runtime.backend import pack_latents
+from unidg_rt.sampling import pack_latents
 from unidg_rt.train.apo import train_apo
 from unidg_rt.train.flow import CategoryTable
 from unidg_rt.train.mismatch import left_half_tokens, mismatch_batch, other_categories, target_weights

@@ -26,6 +26,7 @@ from unidg_rt.models.mmdit import FluxTransformer
 
 logger = logging.getLogger(__name__)
 METADATA_KEY = "unidg_rt"
+_UNREAD = object()  #: ``card=`` default: read the file's card here
 
 
 # --------------------------------------------------------------------------- reading
@@ -123,9 +124,10 @@ def build_transformer(config: FluxConfig, sd: dict[str, torch.Tensor], device=No
 
 
 def load_transformer(
-    path: str | Path, config: FluxConfig | None = None, dtype: torch.dtype | None = None, device=None
+    path: str | Path, config: FluxConfig | None = None, dtype: torch.dtype | None = None, device=None, card=_UNREAD
 ) -> FluxTransformer:
-    """From a UniDG checkpoint, a diffusers ``transformer/`` folder, or a bare file + ``config``."""
+    """From a UniDG checkpoint, a diffusers ``transformer/`` folder, or a bare file + ``config``.
+    ``card``: the file's :class:`ModelCard` (or ``None``) when the caller has read it already."""
     path = Path(path)
     if path.is_dir() and (path / "transformer").is_dir():
         path = path / "transformer"
@@ -135,7 +137,7 @@ def load_transformer(
             config = FluxConfig.from_dict(json.loads(cfg_file.read_text()))
         files, prefix = _safetensors_files(path), ""
     else:
-        card = read_card(path)
+        card = read_card(path) if card is _UNREAD else card
         files = [path]
         prefix = "transformer." if card is not None else ""
         config = config or (card.transformer if card else None)
@@ -147,7 +149,7 @@ def load_transformer(
 
 
 # --------------------------------------------------------------------------- VAE
-def load_vae(path: str | Path, config: dict[str, Any] | None = None, dtype=None, device=None):
+def load_vae(path: str | Path, config: dict[str, Any] | None = None, dtype=None, device=None, card=_UNREAD):
     from unidg_rt.models.vae import AutoencoderKLFlux, VAEConfig
 
     path = Path(path)
@@ -159,7 +161,7 @@ def load_vae(path: str | Path, config: dict[str, Any] | None = None, dtype=None,
             config = json.loads(cfg_file.read_text())
         files, prefix = _safetensors_files(path), ""
     else:
-        card = read_card(path)
+        card = read_card(path) if card is _UNREAD else card
         files, prefix = [path], "vae." if card is not None else ""
         config = config or (card.vae if card else None)
     vcfg = VAEConfig.from_diffusers_config(config) if config else VAEConfig.flux()

@@ -3,7 +3,8 @@
 Reads an exported folder (``unidg_onnx.json`` manifest + ``{component}.{form}.{precision}.onnx``
 files, written by :func:`unidg_rt.export.pipeline.export_pipeline`) and serves the three
 runners of the backend protocol, plus the checkpoint's reference encoder when it was exported
-(:class:`ReferenceEncoderRunner`, shared with the TensorRT backend). ``onnxruntime`` is imported
+(:class:`~unidg_rt.runtime.conditioning.ReferenceEncoderRunner`); :meth:`OrtBackend.open` returns
+the backend and the folder's card. ``onnxruntime`` is imported
 lazily; execution providers are feature-detected (``CUDAExecutionProvider`` when onnxruntime-gpu
 is installed, else CPU). No torch import.
 """
@@ -17,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from unidg_rt.artifacts.adapters import graph_adapters
+from unidg_rt.artifacts.card import Card, card_from_manifest
 from unidg_rt.artifacts.feeds import GraphFeed, TransformerFeed
 from unidg_rt.artifacts.onnx_folder import MANIFEST_NAME, read_manifest
-from unidg_rt.errors import BackendUnavailableError, ConfigError, InvalidInputError, WeightsError
+from unidg_rt.errors import BackendUnavailableError, ConfigError, WeightsError
 from unidg_rt.runtime.backend import GraphAdapters
+from unidg_rt.runtime.conditioning import ReferenceEncoderRunner
 from unidg_rt.vocab import ORT_FORMS, PRECISIONS
 
 logger = logging.getLogger(__name__)
@@ -104,71 +107,6 @@ class OrtTransformerRunner(TransformerFeed, OrtRunner):
     (:class:`~unidg_rt.artifacts.feeds.TransformerFeed`)."""
 
 
-# ---------------------------------------------------------------------- reference encoder
-def resize_bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``[H, W, C]`` float → ``[height, width, C]`` float32, the numpy twin of torch's
-    ``interpolate(mode="bilinear", align_corners=False, antialias=False)`` (half-pixel centres,
-    source index clamped at 0, no anti-aliasing when shrinking; indices and weights in float32
-    like torch's CPU kernel): it matches :func:`unidg_rt.models.refenc.pixels_to_input` up to
-    float32 rounding of the sums (tested <= 1e-5 on [0, 1] pixels)."""
-
-    def taps(n_in: int, n_out: int):
-        half = np.float32(0.5)
-        src = (np.arange(n_out, dtype=np.float32) + half) * np.float32(n_in / n_out) - half
-        src = np.maximum(src, np.float32(0))
-        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, (src - i0).astype(np.float32)
-
-    x = np.asarray(x, np.float32)
-    r0, r1, wr = taps(x.shape[0], height)
-    c0, c1, wc = taps(x.shape[1], width)
-    wr, wc = wr[:, None, None], wc[None, :, None]
-    rows = x[r0] * (1 - wr) + x[r1] * wr  # [height, W, C]
-    return rows[:, c0] * (1 - wc) + rows[:, c1] * wc  # [height, width, C]
-
-
-class ReferenceEncoderRunner:
-    """The pipeline's ``reference_encoder``: ``encode(crop) -> (embeds [T, D], pooled [P])`` float32
-    numpy for one reference crop ``[S', S', 3]`` (float in [0, 1] or uint8), like
-    :class:`unidg_rt.models.refenc.TorchReferenceEncoder`, over any runner whose
-    ``infer({"images": [1, 3, S, S]})`` returns ``encoder_hidden_states`` / ``pooled_projections``
-    (an ONNX Runtime session here, a TensorRT engine in :mod:`.trt_backend`). The crop is mapped to
-    [-1, 1] and resized to ``image_size`` (the graph's static ``S``) only when ``S' != S``, with
-    :func:`resize_bilinear`. numpy only."""
-
-    def __init__(self, runner, image_size: int):
-        self.runner = runner
-        self.image_size = int(image_size)
-
-    def encode(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = np.asarray(crop)
-        if x.ndim != 3 or x.shape[-1] != 3:
-            raise InvalidInputError(f"reference crop must be [H, W, 3], got {x.shape}")
-        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-        x = x * 2 - 1
-        s = self.image_size
-        if x.shape[:2] != (s, s):
-            x = resize_bilinear(x, s, s)
-        out = self.runner.infer({"images": np.ascontiguousarray(x.transpose(2, 0, 1)[None])})
-        embeds = np.asarray(out["encoder_hidden_states"][0], np.float32)  # [T, D]
-        return embeds, np.asarray(out["pooled_projections"][0], np.float32)  # [P]
-
-
-def reference_encoder_for(runner, image_size: int | None, defaults: dict[str, Any], fix: str):
-    """The pipeline's reference encoder over ``runner`` (``None`` when absent). A checkpoint whose
-    defaults name one but whose folder lacks it is refused (reference mode would silently fall
-    back to zero conditioning): ``fix`` says how to add it."""
-    if runner is not None:
-        return ReferenceEncoderRunner(runner, int(image_size))
-    if (defaults or {}).get("reference_encoder"):
-        raise WeightsError(
-            "the checkpoint has a reference encoder (card defaults 'reference_encoder') but this folder "
-            f"has no reference_encoder {fix}; or pass reference_encoder=None to run without it"
-        )
-    return None
-
-
 class OrtBackend(GraphAdapters):
     """Sessions for ``transformer``, ``vae_encoder``, ``vae_decoder`` of an exported folder, and
     ``reference_encoder`` (``None`` when not exported)."""
@@ -231,10 +169,16 @@ class OrtBackend(GraphAdapters):
         self.transformer.adapters = self.adapter_scales
         self.vae_encoder = OrtRunner(sessions["vae_encoder"], "vae_encoder", io_binding)
         self.vae_decoder = OrtRunner(sessions["vae_decoder"], "vae_decoder", io_binding)
-        self.reference_encoder = (
-            OrtRunner(sessions["reference_encoder"], "reference_encoder", io_binding)
-            if "reference_encoder" in sessions
-            else None
+        self.card = card_from_manifest(self.manifest, self.onnx_dir)
+        self.reference_encoder = None  # the learned reference encoder over its graph (conditioning.py)
+        if "reference_encoder" in sessions:
+            runner = OrtRunner(sessions["reference_encoder"], "reference_encoder", io_binding)
+            size = int(self.manifest["reference_encoder"]["image_size"])  # the graph's static S
+            self.reference_encoder = ReferenceEncoderRunner(runner, size)
+        self.reference_encoder_missing = (
+            f"the checkpoint has a reference encoder (card defaults 'reference_encoder') but {self.onnx_dir} "
+            "has no reference_encoder export: re-run `unidg-rt export` (it exports it); or pass "
+            "reference_encoder=None to run without it"
         )
         self.info = {
             "backend": "onnxruntime",
@@ -245,6 +189,16 @@ class OrtBackend(GraphAdapters):
             "onnx_dir": str(self.onnx_dir),
             "adapters": list(self.adapter_scales.names),
         }
+
+    @classmethod
+    def open(cls, onnx_dir: str | Path, *, providers: list[str] | None = None, session_options=None,
+             attention_form: str | None = None, precision: str | None = None,
+             io_binding: bool = False) -> tuple[OrtBackend, Card]:  # fmt: skip
+        """Sessions over an exported folder, and its card (``unidg_onnx.json``: pipeline facts,
+        defaults, the embeddings cache it ships)."""
+        backend = cls(onnx_dir, providers, session_options, attention_form=attention_form,
+                      precision=precision, io_binding=io_binding)  # fmt: skip
+        return backend, backend.card
 
     def asarray(self, x: np.ndarray, dtype: str | None = None) -> np.ndarray:
         x = np.asarray(x)
@@ -259,52 +213,3 @@ class OrtBackend(GraphAdapters):
             x = x.detach().float().cpu().numpy()
         x = np.asarray(x)
         return x.astype(np.float32, copy=False) if np.issubdtype(x.dtype, np.floating) else x
-
-
-def pipeline_from_onnx(
-    cls,
-    onnx_dir: str | Path,
-    *,
-    providers: list[str] | None = None,
-    embeddings=None,
-    session_options=None,
-    attention_form: str | None = None,
-    precision: str | None = None,
-    io_binding: bool = False,
-    **pipeline_kwargs,
-):
-    """Build ``cls`` (``UniDGPipeline``) over an :class:`OrtBackend` from the folder's manifest.
-    ``pipeline_kwargs`` (``text_encoders``, ``image_prompt_encoder``, ``reference_encoder``) go to
-    ``cls`` unchanged; without ``reference_encoder`` the exported one (if any) is wired in."""
-    from unidg_rt.embeddings import EmbeddingsCache
-
-    backend = OrtBackend(onnx_dir, providers, session_options, attention_form=attention_form,
-                         precision=precision, io_binding=io_binding)  # fmt: skip
-    m = backend.manifest
-    p = m["pipeline"]
-    if isinstance(embeddings, EmbeddingsCache):
-        cache = embeddings
-    elif embeddings is not None:
-        cache = EmbeddingsCache.load(embeddings)
-    elif m.get("embeddings") and (Path(onnx_dir) / m["embeddings"]).is_file():
-        cache = EmbeddingsCache.load(Path(onnx_dir) / m["embeddings"])
-    else:
-        cache = None
-    if "reference_encoder" not in pipeline_kwargs:
-        runner = backend.reference_encoder
-        size = (m.get("reference_encoder") or {}).get("image_size")  # the graph's static S (manifest)
-        pipeline_kwargs["reference_encoder"] = reference_encoder_for(
-            runner, size, m.get("defaults") or {}, "export: re-run `unidg-rt export` (it exports it)"
-        )
-    return cls(
-        backend,
-        text_seq_len=int(p["text_seq_len"]),
-        joint_attention_dim=int(p["joint_attention_dim"]),
-        pooled_projection_dim=int(p["pooled_projection_dim"]),
-        latent_channels=int(p["latent_channels"]),
-        vae_scale_factor=int(p["vae_scale_factor"]),
-        guidance_embeds=bool(p["guidance_embeds"]),
-        defaults=m.get("defaults") or {},
-        embeddings=cache,
-        **pipeline_kwargs,
-    )

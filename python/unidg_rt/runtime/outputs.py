@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")  #: ``output_type`` values of a pipeline call
+
 
 @dataclass
 class UniDGPipelineOutput:

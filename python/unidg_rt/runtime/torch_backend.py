@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from unidg_rt.errors import InvalidInputError
+from unidg_rt.artifacts.assets import default_model_path
+from unidg_rt.artifacts.card import DEFAULT_TEXT_SEQ_LEN, Card, Defaults, PipelineFacts, existing
+from unidg_rt.errors import ConfigError, InvalidInputError, WeightsError
 from unidg_rt.models.mmdit import FluxTransformer
 
 logger = logging.getLogger(__name__)
@@ -79,9 +82,63 @@ class TorchVAEDecoderRunner:
 
 
 class TorchBackend:
-    """Holds the torch transformer + VAE on one device/dtype."""
+    """Holds the torch transformer + VAE on one device/dtype (and the checkpoint's reference
+    encoder, ``None`` without one)."""
 
     name = "torch"
+    reference_encoder = None
+    reference_encoder_missing = None  #: a checkpoint's reference encoder is always loaded with it
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, *, device: str = "cpu", dtype=None, attention_form=None,
+             config=None, vae: str | Path | None = None) -> tuple[TorchBackend, Card]:  # fmt: skip
+        """Load a UniDG checkpoint (``None`` = the embedded default model; a file, or a folder
+        holding ``model.safetensors`` as ``unidg-rt train`` writes) or a diffusers folder, with the
+        adapters and reference encoder its card names; read its card once. A bare transformer file
+        (e.g. BFL's ``flux1-fill-dev.safetensors``) needs ``config`` (a ``FluxConfig`` or preset
+        name such as ``"flux-fill"``) and ``vae`` (a VAE folder/file)."""
+        from unidg_rt.models.loading import load_transformer, load_vae, read_card
+
+        path = Path(path) if path is not None else default_model_path()
+        card = read_card(path) if path.is_file() else None
+        if card is None and (path / "model.safetensors").is_file():  # a unidg-rt folder (``train --out``)
+            card = read_card(path / "model.safetensors")
+            path = path / "model.safetensors" if card is not None else path
+        if isinstance(config, str):
+            from unidg_rt.models.presets import PRESETS
+
+            if config not in PRESETS:
+                raise ConfigError(f"config={config!r} is not a preset; use one of {sorted(PRESETS)} or a FluxConfig")
+            config = PRESETS[config][0]()
+        if card is None and path.is_file() and (config is None or vae is None):
+            raise WeightsError(
+                f"{path} has no UniDG model card (a bare transformer file): pass config= (a FluxConfig or preset "
+                "name, e.g. config='flux-fill') and vae= (a VAE folder, e.g. 'FLUX.1-Fill-dev/vae') to from_pretrained"
+            )
+        transformer = load_transformer(path, config=config, card=card)
+        vae_model = load_vae(path, card=card) if vae is None else load_vae(Path(vae))
+        backend = cls(transformer, vae_model, device=device, dtype=dtype, attention_form=attention_form)
+        defaults = Defaults.from_dict(card.defaults if card else None)
+        base = path if path.is_dir() else path.parent
+        for name, spec in defaults.adapters.items():  # adapters shipped beside the weights
+            backend.adapters.load_lora(base / spec["file"], name, strength=float(spec.get("strength", 1.0)))
+        if defaults.reference_encoder:
+            from unidg_rt.models.refenc import TorchReferenceEncoder
+
+            backend.reference_encoder = TorchReferenceEncoder.from_file(
+                base / defaults.reference_encoder["file"], device=device
+            )
+        cfg = transformer.config
+        facts = PipelineFacts(
+            text_seq_len=defaults.text_seq_len or DEFAULT_TEXT_SEQ_LEN,
+            joint_attention_dim=cfg.joint_attention_dim,
+            pooled_projection_dim=cfg.pooled_projection_dim,
+            latent_channels=cfg.out_dim // 4,
+            vae_scale_factor=vae_model.config.downsample_factor,
+            guidance_embeds=cfg.guidance_embeds,
+        )
+        embeddings = existing(base / "embeddings.safetensors")
+        return backend, Card(facts, defaults, base=base, embeddings=embeddings, source=str(path))
 
     def __init__(self, transformer: FluxTransformer, vae, device="cpu", dtype=None, attention_form=None):
         self.device = torch.device(device)

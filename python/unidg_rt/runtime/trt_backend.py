@@ -33,10 +33,12 @@ import numpy as np
 
 from unidg_rt.artifacts.adapters import INPUT_NAME as ADAPTER_INPUT
 from unidg_rt.artifacts.adapters import AdapterScales, graph_adapters
+from unidg_rt.artifacts.card import Card, card_from_plan
 from unidg_rt.artifacts.io import atomic_write_bytes
 from unidg_rt.engines import manifest as mf
 from unidg_rt.errors import BackendUnavailableError, EngineMismatchError, InvalidInputError
 from unidg_rt.runtime.backend import GraphAdapters
+from unidg_rt.runtime.conditioning import ReferenceEncoderRunner
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,6 @@ VARIANT_PREFERENCE = ("fold", "attention_op", "decomposed", "reference", "plugin
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32",
                  "INT64": "int64", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}  # fmt: skip
 _MAX_GRAPHS = 8
-_AUTO = object()
 
 
 def _torch():
@@ -272,8 +273,15 @@ class TRTBackend(GraphAdapters):
             runners[role] = TRTRunner(path, manifest=manifest, trt=trt, device=device,
                                       cuda_graph=cuda_graph and role == "transformer", runtime_cache=cache)  # fmt: skip
         self.transformer, self.vae_encoder, self.vae_decoder = (runners[r] for r in ROLES)
-        self.reference_encoder = runners.get("reference_encoder")
         path, manifest = plans["transformer"]
+        ref = runners.get("reference_encoder")  # the learned reference encoder over its plan
+        size = reference_image_size(plans["reference_encoder"][1]) if ref is not None else 0
+        self.reference_encoder = ReferenceEncoderRunner(ref, size) if ref is not None else None
+        self.reference_encoder_missing = (
+            "the checkpoint has a reference encoder (card defaults 'reference_encoder') but "
+            f"{path.parent} has no reference_encoder plan: export it, then `unidg-rt build ONNX_DIR "
+            f"--component reference_encoder --out {path.parent}`; or pass reference_encoder=None to run without it"
+        )
         meta = manifest.get("metadata") or {}
         self.adapter_scales = graph_adapters(
             list(meta.get("carried_adapters") or []), meta, self.transformer.input_names, path.name,
@@ -287,6 +295,32 @@ class TRTBackend(GraphAdapters):
             "cuda_graph": cuda_graph,
             "adapters": list(self.adapter_scales.names),
         }
+
+    @classmethod
+    def open(cls, engines_dir: str | Path, *, device: str = "cuda", precision: str | None = None,
+             variant: str | None = None, cuda_graph: bool = False, runtime_cache_dir: str | Path | None = None,
+             verify_hash: bool = True) -> tuple[TRTBackend, Card]:  # fmt: skip
+        """Plans built by ``unidg-rt build`` (sidecars checked against this GPU and the installed
+        TensorRT / TensorRT-RTX, :func:`select_plans`) and the folder's card (the transformer
+        plan's sidecar ``metadata``). UNVERIFIED on hardware (see the module docstring)."""
+        from unidg_rt.engines.bindings import load_trt, local_device_cc
+
+        engines_dir = Path(engines_dir)
+        _torch()
+        cc = local_device_cc()
+        versions = {}
+        for builder in ("tensorrt", "tensorrt-rtx"):
+            try:
+                versions[builder] = str(load_trt(builder).__version__)
+            except BackendUnavailableError:
+                continue
+        if not versions:
+            load_trt("tensorrt")  # raises the install hint
+        plans = select_plans(engines_dir, cc, precision=precision, variant=variant, runtime_versions=versions,
+                             verify_hash=verify_hash)  # fmt: skip
+        backend = cls(plans, device=device, cuda_graph=cuda_graph, runtime_cache_dir=runtime_cache_dir)
+        path, manifest = plans["transformer"]
+        return backend, card_from_plan(manifest.get("metadata") or {}, engines_dir, path.name)
 
     def asarray(self, x: np.ndarray, dtype: str | None = None):
         t = self.torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
@@ -362,90 +396,3 @@ def reference_image_size(manifest: dict[str, Any]) -> int:
         if t["name"] == "images" and int(t["shape"][-1]) > 0:
             return int(t["shape"][-1])
     return int(((manifest.get("metadata") or {}).get("spec_attrs") or {})["image_size"])
-
-
-def model_facts(transformer_manifest: dict[str, Any]) -> dict[str, Any]:
-    """Pipeline construction facts: the sidecar ``metadata`` if the build recorded them, else read
-    off the engine I/O (``encoder_hidden_states[-1]``, ``noise_pred[-1] / 4``, ``guidance`` input)."""
-    meta = dict(transformer_manifest.get("metadata") or {})
-    io = transformer_manifest.get("io") or {}
-    shapes = {t["name"]: t["shape"] for t in io.get("inputs", []) + io.get("outputs", [])}
-    prof = (transformer_manifest.get("profiles") or [{}])[0]
-    text_opt = (
-        prof.get("encoder_hidden_states", [None, [None, None]])[1][1]
-        if "encoder_hidden_states" in prof
-        else None
-    )
-    facts = {
-        "joint_attention_dim": meta.get(
-            "joint_attention_dim", (shapes.get("encoder_hidden_states") or [0])[-1]
-        ),
-        "pooled_projection_dim": meta.get(
-            "pooled_projection_dim", (shapes.get("pooled_projections") or [0])[-1]
-        ),
-        "latent_channels": meta.get("latent_channels", (shapes.get("noise_pred") or [64])[-1] // 4),
-        "vae_scale_factor": meta.get("vae_scale_factor", 8),
-        "guidance_embeds": meta.get("guidance_embeds", "guidance" in shapes),
-        "text_seq_len": meta.get("text_seq_len", text_opt or 512),
-        "defaults": meta.get("defaults") or {},
-    }
-    return facts
-
-
-def pipeline_from_engines(cls, engines_dir: str | Path, *, embeddings=None, device: str = "cuda",
-                          precision: str | None = None, variant: str | None = None, cuda_graph: bool = False,
-                          runtime_cache_dir: str | Path | None = None, text_seq_len: int | None = None,
-                          verify_hash: bool = True, reference_encoder=_AUTO):  # fmt: skip
-    """``UniDGPipeline.from_engines(dir)``: plans built by ``unidg-rt build`` (sidecars checked
-    against this GPU and the installed TensorRT / TensorRT-RTX) → a pipeline on :class:`TRTBackend`.
-    ``embeddings``: category cache (default ``engines_dir/embeddings.safetensors`` if present).
-    ``cls``: the pipeline class to build (the classmethod passes its ``cls``; this module never
-    imports the pipeline). ``reference_encoder``: default = the folder's ``reference_encoder`` plan (refused
-    when the checkpoint has one but the folder lacks it), ``None`` = none, or any object with
-    ``encode(crop)``. UNVERIFIED on hardware (see the module docstring)."""
-    from unidg_rt.embeddings import EmbeddingsCache
-    from unidg_rt.engines.bindings import load_trt, local_device_cc
-
-    engines_dir = Path(engines_dir)
-    _torch()
-    cc = local_device_cc()
-    versions = {}
-    for builder in ("tensorrt", "tensorrt-rtx"):
-        try:
-            versions[builder] = str(load_trt(builder).__version__)
-        except BackendUnavailableError:
-            continue
-    if not versions:
-        load_trt("tensorrt")  # raises the install hint
-    plans = select_plans(engines_dir, cc, precision=precision, variant=variant, runtime_versions=versions,
-                         verify_hash=verify_hash)  # fmt: skip
-    backend = TRTBackend(plans, device=device, cuda_graph=cuda_graph, runtime_cache_dir=runtime_cache_dir)
-    facts = model_facts(plans["transformer"][1])
-    if isinstance(embeddings, EmbeddingsCache):
-        cache = embeddings
-    elif embeddings is not None:
-        cache = EmbeddingsCache.load(embeddings)
-    else:
-        beside = engines_dir / "embeddings.safetensors"
-        cache = EmbeddingsCache.load(beside) if beside.exists() else None
-    if reference_encoder is _AUTO:
-        from unidg_rt.runtime.ort_backend import reference_encoder_for
-
-        ref = plans.get("reference_encoder")
-        reference_encoder = reference_encoder_for(
-            backend.reference_encoder, reference_image_size(ref[1]) if ref else None, facts["defaults"],
-            f"plan{f' in {precision}' if precision else ''}: export it, then "
-            f"`unidg-rt build ONNX_DIR --component reference_encoder --out {engines_dir}`",
-        )  # fmt: skip
-    return cls(
-        backend,
-        text_seq_len=text_seq_len or facts["text_seq_len"],
-        joint_attention_dim=facts["joint_attention_dim"],
-        pooled_projection_dim=facts["pooled_projection_dim"],
-        latent_channels=facts["latent_channels"],
-        vae_scale_factor=facts["vae_scale_factor"],
-        guidance_embeds=facts["guidance_embeds"],
-        defaults=facts["defaults"],
-        embeddings=cache,
-        reference_encoder=reference_encoder,
-    )

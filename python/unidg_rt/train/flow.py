@@ -17,8 +17,7 @@ from torch import nn
 from unidg_rt.groups import TokenGroup, default_group_bias, text_token_groups
 from unidg_rt.models.mmdit import FluxTransformer
 from unidg_rt.models.refenc import ReferenceEncoder
-from unidg_rt.runtime.backend import latent_image_ids, pack_latents
-from unidg_rt.sampling import calculate_shift, scale_noise
+from unidg_rt.sampling import calculate_shift, latent_image_ids, pack_latents, scale_noise
 from unidg_rt.train.dataset import LatentSet
 from unidg_rt.train.recipe import SFTRecipe
 

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from unidg_rt.groups import TokenGroup
-from unidg_rt.runtime.backend import left_half_tokens, pack_latents
-from unidg_rt.sampling import scale_noise
+from unidg_rt.sampling import left_half_tokens, pack_latents, scale_noise
 from unidg_rt.train.dataset import LatentSet
 from unidg_rt.train.flow import CategoryTable, FlowBatch
 

@@ -18,8 +18,7 @@ import torch
 
 from unidg_rt.groups import TokenGroup
 from unidg_rt.models.mmdit import FluxTransformer
-from unidg_rt.runtime.backend import pack_latents
-from unidg_rt.sampling import euler_step, flux_sigmas
+from unidg_rt.sampling import euler_step, flux_sigmas, pack_latents
 from unidg_rt.train.dataset import LatentSet
 from unidg_rt.train.flow import CategoryTable, flow_batch
 
