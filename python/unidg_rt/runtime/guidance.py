@@ -43,10 +43,18 @@ def reference_free_input(
     w2 = dip.width // facts.vae_scale_factor  # token columns of the diptych (2x2 latent pixels each)
     left = left_half_tokens(dip.num_image_tokens // w2, w2).astype(np.float32)[None, :, None]  # [1, N_img, 1]
     a = backend.asarray  # cond0[..., :64]: the packed clean latents (gray left half)
-    return {"cond": cond0, "feed": feed0, "left": a(left), "gray": cond0[..., :64], "noise": a(pack_latents(noise))}
+    return {
+        "cond": cond0,
+        "feed": feed0,
+        "left": a(left),
+        "gray": cond0[..., :64],
+        "noise": a(pack_latents(noise)),
+    }
 
 
-def reference_guided(backend, v, x, step_feed: dict[str, Any], uncond: dict[str, Any], sigma: float, scale: float):
+def reference_guided(
+    backend, v, x, step_feed: dict[str, Any], uncond: dict[str, Any], sigma: float, scale: float
+):
     """``v`` with its target half guided against the reference-free diptych at ``sigma``."""
     left = uncond["left"]
     x0 = x * (1 - left) + left * scale_noise(uncond["gray"], uncond["noise"], sigma)

@@ -39,8 +39,14 @@ logger = logging.getLogger(__name__)
 
 FAST_PATH_MODES = ("auto", "on", "off")
 #: Linears kept as adapter-hook holders (views into the fused weight): never FP8-converted
-_QKV_PARTS = ("*.attn.to_q", "*.attn.to_k", "*.attn.to_v", "*.attn.add_q_proj", "*.attn.add_k_proj",
-              "*.attn.add_v_proj")  # fmt: skip
+_QKV_PARTS = (
+    "*.attn.to_q",
+    "*.attn.to_k",
+    "*.attn.to_v",
+    "*.attn.add_q_proj",
+    "*.attn.add_k_proj",
+    "*.attn.add_v_proj",
+)
 
 
 class FastPathError(ConfigError):
@@ -273,8 +279,10 @@ class CUDAGraphRunner:
     def _capture(self, key: tuple, feed: dict[str, Any]) -> _Entry:
         static = {k: (v.clone() if v is not None else None) for k, v in feed.items()}
         dev = self.model.device
-        strengths = {n: torch.tensor(float(self.adapters.adapters[n].strength), device=dev)
-                     for n in self._live_adapters()}  # fmt: skip
+        strengths = {
+            n: torch.tensor(float(self.adapters.adapters[n].strength), device=dev)
+            for n in self._live_adapters()
+        }
 
         def run():
             if strengths:
@@ -314,8 +322,13 @@ class FastTransformerRunner:
 
     input_names = TRANSFORMER_INPUTS
 
-    def __init__(self, model: FluxTransformer, adapters=None, graph_runner: CUDAGraphRunner | None = None,
-                 fp8: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        model: FluxTransformer,
+        adapters=None,
+        graph_runner: CUDAGraphRunner | None = None,
+        fp8: bool = False,
+    ):
         self.model, self.adapters, self.graph_runner, self.fp8 = model, adapters, graph_runner, fp8
         self._state = adapter_state(adapters)
 

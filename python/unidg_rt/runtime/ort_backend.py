@@ -162,10 +162,12 @@ class OrtBackend(GraphAdapters):
         self.transformer = OrtTransformerRunner(sessions["transformer"], "transformer", io_binding)
         t = self.artifacts["transformer"]
         self.adapter_scales = graph_adapters(
-            list(t.get("adapters") or []), self.manifest, self.transformer.input_names,
+            list(t.get("adapters") or []),
+            self.manifest,
+            self.transformer.input_names,
             f"{self.onnx_dir / t['onnx_file']}",
             f"re-export with `unidg-rt export --out {self.onnx_dir}` (it carries the card's adapters)",
-        )  # fmt: skip
+        )
         self.transformer.adapters = self.adapter_scales
         self.vae_encoder = OrtRunner(sessions["vae_encoder"], "vae_encoder", io_binding)
         self.vae_decoder = OrtRunner(sessions["vae_decoder"], "vae_decoder", io_binding)
@@ -191,13 +193,26 @@ class OrtBackend(GraphAdapters):
         }
 
     @classmethod
-    def open(cls, onnx_dir: str | Path, *, providers: list[str] | None = None, session_options=None,
-             attention_form: str | None = None, precision: str | None = None,
-             io_binding: bool = False) -> tuple[OrtBackend, Card]:  # fmt: skip
+    def open(
+        cls,
+        onnx_dir: str | Path,
+        *,
+        providers: list[str] | None = None,
+        session_options=None,
+        attention_form: str | None = None,
+        precision: str | None = None,
+        io_binding: bool = False,
+    ) -> tuple[OrtBackend, Card]:
         """Sessions over an exported folder, and its card (``unidg_onnx.json``: pipeline facts,
         defaults, the embeddings cache it ships)."""
-        backend = cls(onnx_dir, providers, session_options, attention_form=attention_form,
-                      precision=precision, io_binding=io_binding)  # fmt: skip
+        backend = cls(
+            onnx_dir,
+            providers,
+            session_options,
+            attention_form=attention_form,
+            precision=precision,
+            io_binding=io_binding,
+        )
         return backend, backend.card
 
     def asarray(self, x: np.ndarray, dtype: str | None = None) -> np.ndarray:

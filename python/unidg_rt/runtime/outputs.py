@@ -38,3 +38,17 @@ def format_images(pasted: list[np.ndarray], output_type: str):
     import torch
 
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # [B, 3, H0, W0]
+
+
+def call_info(mode, height, width, num_inference_steps, guidance_scale, sigmas, seeds, defect_category):
+    """``UniDGPipelineOutput.info`` of a call (the backend's ``info`` is added by the pipeline)."""
+    return {
+        "mode": mode,
+        "height": height,
+        "width": width,
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "sigmas": [float(s) for s in sigmas],
+        "seeds": seeds,
+        "defect_category": defect_category,
+    }

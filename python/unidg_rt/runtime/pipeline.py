@@ -21,11 +21,12 @@ import numpy as np
 from unidg_rt.artifacts.card import PASTE_MODES, Card, Defaults
 from unidg_rt.diptych import prepare_diptych
 from unidg_rt.embeddings import EmbeddingsCache
-from unidg_rt.errors import BackendCapabilityError, ConfigError, InvalidInputError, WeightsError
+from unidg_rt.errors import ConfigError, InvalidInputError, WeightsError
 from unidg_rt.runtime import conditioning as C
 from unidg_rt.runtime.checks import check_call_inputs
 from unidg_rt.runtime.guidance import predict, reference_free_input, wants_reference_cfg
-from unidg_rt.runtime.outputs import UniDGPipelineOutput, format_images
+from unidg_rt.runtime.lora import LoraLoaderMixin
+from unidg_rt.runtime.outputs import UniDGPipelineOutput, call_info, format_images
 from unidg_rt.sampling import SegmentSchedule, euler_step, flux_sigmas, pack_latents, unpack_latents
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 _AUTO = object()  #: ``reference_encoder`` default: the one the backend loaded with the artifact
 
 
-class UniDGPipeline:
+class UniDGPipeline(LoraLoaderMixin):
     """Defect insertion: crop → diptych → denoise (rectified flow) → decode → paste back.
 
     ``backend``: a loaded backend (torch, ONNX Runtime, TensorRT); ``card``: its
@@ -147,22 +148,44 @@ class UniDGPipeline:
         )
 
     @classmethod
-    def from_onnx(cls, onnx_dir: str | Path, *, embeddings=None, providers: list[str] | None = None,
-                  session_options=None, attention_form: str | None = None, precision: str | None = None,
-                  io_binding: bool = False, **kwargs) -> UniDGPipeline:  # fmt: skip
+    def from_onnx(
+        cls,
+        onnx_dir: str | Path,
+        *,
+        embeddings=None,
+        providers: list[str] | None = None,
+        session_options=None,
+        attention_form: str | None = None,
+        precision: str | None = None,
+        io_binding: bool = False,
+        **kwargs,
+    ) -> UniDGPipeline:
         """Load an exported ONNX folder (``unidg_onnx.json`` manifest; ``unidg-rt export``) into
         ONNX Runtime (:meth:`~unidg_rt.runtime.ort_backend.OrtBackend.open`). ``embeddings``
         defaults to the folder's cache; other keywords (``text_encoders``,
         ``image_prompt_encoder``, ``reference_encoder``) as for :class:`UniDGPipeline`."""
         from unidg_rt.runtime.ort_backend import OrtBackend
 
-        opened = OrtBackend.open(onnx_dir, providers=providers, session_options=session_options,
-                                 attention_form=attention_form, precision=precision, io_binding=io_binding)  # fmt: skip
+        opened = OrtBackend.open(
+            onnx_dir,
+            providers=providers,
+            session_options=session_options,
+            attention_form=attention_form,
+            precision=precision,
+            io_binding=io_binding,
+        )
         return cls(*opened, embeddings=embeddings, **kwargs)
 
     @classmethod
-    def from_engines(cls, engines_dir: str | Path, *, embeddings=None, text_seq_len: int | None = None,
-                     reference_encoder=_AUTO, **kwargs) -> UniDGPipeline:  # fmt: skip
+    def from_engines(
+        cls,
+        engines_dir: str | Path,
+        *,
+        embeddings=None,
+        text_seq_len: int | None = None,
+        reference_encoder=_AUTO,
+        **kwargs,
+    ) -> UniDGPipeline:
         """Load TensorRT / TensorRT-RTX plans built by ``unidg-rt build`` (checked against their
         sidecar manifests; a mismatched plan is refused with the rebuild command). Other keywords
         (``device``, ``precision``, ``variant``, ``cuda_graph``, ``runtime_cache_dir``,
@@ -171,50 +194,12 @@ class UniDGPipeline:
         from unidg_rt.runtime.trt_backend import TRTBackend
 
         backend, card = TRTBackend.open(engines_dir, **kwargs)
-        return cls(backend, card.with_text_seq_len(text_seq_len), embeddings=embeddings,
-                   reference_encoder=reference_encoder)  # fmt: skip
-
-    # ------------------------------------------------------------------ LoRA (diffusers-style names)
-    def _adapter_manager(self):
-        if not hasattr(self.backend, "adapters"):
-            raise BackendCapabilityError(
-                f"loading / fusing LoRA needs the torch backend (this pipeline runs on {self.backend.name}); "
-                "load it before exporting: `unidg-rt export --lora NAME=PATH` carries it in the graph"
-            )
-        return self.backend.adapters
-
-    def load_lora_weights(self, path, adapter_name: str = "default", scale: float = 1.0):
-        """Load a diffusers/peft LoRA (FLUX.1-dev LoRAs are zero-padded onto Fill's 384 inputs)."""
-        return self._adapter_manager().load_lora(path, adapter_name, strength=scale)
-
-    def _adapter_setter(self, what: str):
-        setter = getattr(self.backend, "set_adapter_scales", None)
-        if setter is None:
-            raise BackendCapabilityError(
-                f"{what} sets adapter strengths but the {self.backend.name} backend has no adapters; "
-                "run it on torch, ONNX Runtime or TensorRT with the adapters exported"
-            )
-        return setter
-
-    def set_adapters(self, adapter_names, adapter_weights=None) -> None:
-        """diffusers' ``set_adapters``: the named adapters at ``adapter_weights`` (default 1.0),
-        every other loaded (or graph-carried) adapter at 0. Every backend."""
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        weights = adapter_weights if adapter_weights is not None else [1.0] * len(names)
-        weights = [weights] * len(names) if isinstance(weights, (int, float)) else list(weights)
-        if len(weights) != len(names):
-            raise InvalidInputError(
-                f"adapter_weights has {len(weights)} values for {len(names)} adapter_names; give one each"
-            )
-        setter = self._adapter_setter("set_adapters")
-        setter(dict(zip(names, weights, strict=True)))  # unknown names raise before anything changes
-        setter({n: 0.0 for n in self.backend.adapter_names if n not in names})
-
-    def fuse_lora(self, adapter_names=None) -> None:
-        self._adapter_manager().fuse(adapter_names)
-
-    def unfuse_lora(self) -> None:
-        self._adapter_manager().unfuse()
+        return cls(
+            backend,
+            card.with_text_seq_len(text_seq_len),
+            embeddings=embeddings,
+            reference_encoder=reference_encoder,
+        )
 
     # ------------------------------------------------------------------ call
     def __call__(
@@ -299,12 +284,21 @@ class UniDGPipeline:
         guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
         feather = d.feather if feather is None else feather
         # 1. validate
-        check_call_inputs(
-            facts, image, mask_image, reference_image, reference_mask, prompt, prompt_embeds,
-            pooled_prompt_embeds, defect_category, num_inference_steps, guidance_scale,
-            num_images_per_prompt, output_type, group_bias,
-            has_text_encoders=self.text_encoders is not None, has_embeddings=self.embeddings is not None,
-        )  # fmt: skip
+        self.check_inputs(
+            image,
+            mask_image,
+            reference_image,
+            reference_mask,
+            prompt,
+            prompt_embeds,
+            pooled_prompt_embeds,
+            defect_category,
+            num_inference_steps,
+            guidance_scale,
+            num_images_per_prompt,
+            output_type,
+            group_bias,
+        )
         # 2. crop + compose the diptych (validates sizes and masks)
         dip = prepare_diptych(
             image, mask_image, reference_image, reference_mask, height=height, width=width, **self.crop_rule
@@ -312,13 +306,18 @@ class UniDGPipeline:
         # 3. conditioning: text or reference embeddings, the FLUX-Fill latents, the static feed
         embeds, pooled = self.encode_prompt(prompt, prompt_embeds, pooled_prompt_embeds, defect_category)
         embeds, pooled = C.reference_embeddings(
-            dip, embeds, pooled, backend=self.backend, reference_encoder=self.reference_encoder,
-            cutout=bool((d.reference_encoder or {}).get("cutout")), image_prompt_encoder=self.image_prompt_encoder,
+            dip,
+            embeds,
+            pooled,
+            backend=self.backend,
+            reference_encoder=self.reference_encoder,
+            cutout=bool((d.reference_encoder or {}).get("cutout")),
+            image_prompt_encoder=self.image_prompt_encoder,
             text_given=any(x is not None for x in (prompt, prompt_embeds, defect_category)),
-        )  # fmt: skip
+        )
         if segments is None:  # the card's hierarchical schedule (data, e.g. APO strengths)
             segments = list(d.segments) if d.segments else None
-        segs = segments if isinstance(segments, SegmentSchedule) or segments is None else SegmentSchedule.from_data(segments)
+        segs = SegmentSchedule.coerce(segments)
         n = num_images_per_prompt
         cond = C.fill_conditioning(self.backend, dip, n)  # [B, N_img, 320]
         bias = C.resolve_group_bias(group_bias, d.group_bias_lambda)
@@ -333,22 +332,23 @@ class UniDGPipeline:
         cfg_possible = bool(np.any(embeds) or np.any(pooled))
         uncond = None
         if wants_reference_cfg(dip, segs):
-            uncond = reference_free_input(self.backend, facts, dip, noise, n, embeds, pooled, guidance_scale, bias)
+            uncond = reference_free_input(
+                self.backend, facts, dip, noise, n, embeds, pooled, guidance_scale, bias
+            )
         # 6. denoising loop
         for i in range(len(sig) - 1):
             seg = segs.at(i, len(sig) - 1) if segs is not None else None
-            self._set_adapters(seg)
+            self.set_segment_adapters(seg)
             v = predict(self.backend, facts, x, cond, feed, float(sig[i]), seg, n, cfg_possible, uncond)
             x = euler_step(x, v, float(sig[i]), float(sig[i + 1]))
             if callback_on_step_end is not None:
                 out = callback_on_step_end(self, i, float(sig[i]) * 1000, {"latents": x}) or {}
                 x = out.get("latents", x)
-        info = {
-            "mode": "text" if dip.is_text_mode else "reference",
-            "height": height, "width": width, "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance_scale, "sigmas": [float(s) for s in sig], "seeds": seeds,
-            "defect_category": defect_category, **self.backend.info,
-        }  # fmt: skip
+        mode = "text" if dip.is_text_mode else "reference"
+        info = call_info(
+            mode, height, width, num_inference_steps, guidance_scale, sig, seeds, defect_category
+        )
+        info.update(self.backend.info)
         if output_type == "latent":
             result = UniDGPipelineOutput(images=x, seeds=seeds, info=info)
             return result if return_dict else (result.images,)
@@ -361,27 +361,33 @@ class UniDGPipeline:
             diptychs = np.clip(dip.image[None] + diptychs - recon[None], 0, 1)
         pasted, alphas = zip(*(dip.paste(img, feather=feather) for img in diptychs), strict=True)
         images = format_images(list(pasted), output_type)
-        result = UniDGPipelineOutput(images=images, masks=alphas[0], diptychs=diptychs, seeds=seeds, info=info)
+        result = UniDGPipelineOutput(
+            images=images, masks=alphas[0], diptychs=diptychs, seeds=seeds, info=info
+        )
         return result if return_dict else (images, alphas[0])
 
     # ------------------------------------------------------------------ steps (diffusers-style names)
-    def check_inputs(self, image, mask_image, reference_image, reference_mask, prompt, prompt_embeds,
-                     pooled_prompt_embeds, defect_category, num_inference_steps, guidance_scale,
-                     num_images_per_prompt, output_type, group_bias) -> None:  # fmt: skip
-        check_call_inputs(
-            self.card.facts, image, mask_image, reference_image, reference_mask, prompt, prompt_embeds,
-            pooled_prompt_embeds, defect_category, num_inference_steps, guidance_scale,
-            num_images_per_prompt, output_type, group_bias,
-            has_text_encoders=self.text_encoders is not None, has_embeddings=self.embeddings is not None,
-        )  # fmt: skip
+    def check_inputs(self, *args) -> None:
+        """diffusers' ``check_inputs``: the call's arguments in ``__call__`` order, from ``image`` to
+        ``group_bias`` (:func:`~unidg_rt.runtime.checks.check_call_inputs`); raises on the first bad one."""
+        has = {
+            "has_text_encoders": self.text_encoders is not None,
+            "has_embeddings": self.embeddings is not None,
+        }
+        check_call_inputs(self.card.facts, *args, **has)
 
     def encode_prompt(self, prompt, prompt_embeds, pooled_prompt_embeds, defect_category):
         """→ (embeds float32 [T, D], pooled float32 [P]); zeros in reference mode."""
         return C.text_embeddings(
-            self.card.facts, self.backend, embeddings=self.embeddings, text_encoders=self.text_encoders,
-            prompt=prompt, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+            self.card.facts,
+            self.backend,
+            embeddings=self.embeddings,
+            text_encoders=self.text_encoders,
+            prompt=prompt,
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
             defect_category=defect_category,
-        )  # fmt: skip
+        )
 
     def prepare_noise(self, num_images: int, h: int, w: int, seed, generator) -> tuple[np.ndarray, list[int]]:
         """Gaussian noise ``[B, C, h, w]`` (latent size), one seed per image (see :func:`.conditioning.prepare_noise`)."""
@@ -391,7 +397,3 @@ class UniDGPipeline:
         """Normalised latents ``[B, C, h, w]`` -> pixels float32 ``[B, H, W, 3]`` in [0, 1]."""
         images = self.backend.vae_decoder.infer({"latent": latent})["images"]
         return np.clip((self.backend.to_numpy(images).transpose(0, 2, 3, 1) + 1) / 2, 0, 1)
-
-    def _set_adapters(self, segment) -> None:
-        if segment is not None and segment.adapter_scales:
-            self._adapter_setter(f"segment {segment.adapter_scales}")(segment.adapter_scales)

@@ -106,10 +106,14 @@ def build_pipeline(settings: Settings):
                 f"(backend={settings.backend!r}: use dtype for torch, or precision='fp8' for the FP8 GPU fast path)"
             )
         return UniDGPipeline.from_pretrained(
-            settings.weights, device=settings.device, dtype=settings.dtype,
-            attention_form=settings.attention_form, embeddings=settings.embeddings,
-            fast_path=settings.fast_path, precision=settings.precision,
-        )  # fmt: skip
+            settings.weights,
+            device=settings.device,
+            dtype=settings.dtype,
+            attention_form=settings.attention_form,
+            embeddings=settings.embeddings,
+            fast_path=settings.fast_path,
+            precision=settings.precision,
+        )
     if settings.fast_path == "on":
         raise ConfigError(
             f"fast_path='on' is the torch backend's GPU fast path; backend={settings.backend!r} runs its own "
@@ -226,10 +230,16 @@ class UniDGSession:
             t0 = time.perf_counter()
             try:
                 out = self.pipeline(
-                    image=image, mask_image=mask, reference_image=reference_image,
-                    reference_mask=reference_mask, defect_category=category, seed=seed,
-                    num_images_per_prompt=count, output_type="pil", **kwargs,
-                )  # fmt: skip
+                    image=image,
+                    mask_image=mask,
+                    reference_image=reference_image,
+                    reference_mask=reference_mask,
+                    defect_category=category,
+                    seed=seed,
+                    num_images_per_prompt=count,
+                    output_type="pil",
+                    **kwargs,
+                )
             except UniDGError:
                 self.failures += 1
                 raise
@@ -244,5 +254,9 @@ class UniDGSession:
         return GenerationResult(images, np.array(out.masks, np.float32), list(out.seeds), info, elapsed)
 
     def stats(self) -> dict[str, Any]:
-        return {"calls": self.calls, "failures": self.failures, "load_s": round(self.load_s, 3),
-                "closed": self._closed}  # fmt: skip
+        return {
+            "calls": self.calls,
+            "failures": self.failures,
+            "load_s": round(self.load_s, 3),
+            "closed": self._closed,
+        }

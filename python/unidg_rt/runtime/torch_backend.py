@@ -90,8 +90,16 @@ class TorchBackend:
     reference_encoder_missing = None  #: a checkpoint's reference encoder is always loaded with it
 
     @classmethod
-    def open(cls, path: str | Path | None = None, *, device: str = "cpu", dtype=None, attention_form=None,
-             config=None, vae: str | Path | None = None) -> tuple[TorchBackend, Card]:  # fmt: skip
+    def open(
+        cls,
+        path: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        dtype=None,
+        attention_form=None,
+        config=None,
+        vae: str | Path | None = None,
+    ) -> tuple[TorchBackend, Card]:
         """Load a UniDG checkpoint (``None`` = the embedded default model; a file, or a folder
         holding ``model.safetensors`` as ``unidg-rt train`` writes) or a diffusers folder, with the
         adapters and reference encoder its card names; read its card once. A bare transformer file
@@ -108,7 +116,9 @@ class TorchBackend:
             from unidg_rt.models.presets import PRESETS
 
             if config not in PRESETS:
-                raise ConfigError(f"config={config!r} is not a preset; use one of {sorted(PRESETS)} or a FluxConfig")
+                raise ConfigError(
+                    f"config={config!r} is not a preset; use one of {sorted(PRESETS)} or a FluxConfig"
+                )
             config = PRESETS[config][0]()
         if card is None and path.is_file() and (config is None or vae is None):
             raise WeightsError(
