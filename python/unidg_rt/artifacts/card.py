@@ -27,9 +27,9 @@ FALLBACK_DEFAULTS: dict[str, Any] = {
     "group_bias_lambda": None,
     "feather": 8,
 }
+DEFAULT_TEXT_SEQ_LEN = 512  #: T5 slots when the card does not say (FLUX.1)
 PASTE_MODES = ("replace", "residual")  #: paste-back of the generated target crop
 CROP_KEYS = {"context": float, "max_margin": float, "min_side": int}  #: the adaptive crop rule's keywords
-DEFAULT_TEXT_SEQ_LEN = 512
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Defaults:
     segments: tuple[Mapping[str, Any], ...] | None = None  #: hierarchical schedule (data)
     adapters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  #: name -> {file, strength}
     reference_encoder: Mapping[str, Any] | None = None  #: {file, cutout?, ...} of the learned encoder
-    text_seq_len: int | None = None
+    text_seq_len: int = DEFAULT_TEXT_SEQ_LEN
     description: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict)
 
@@ -90,7 +90,9 @@ class Defaults:
         crop = dict(d.get("crop") or {})
         unknown = set(crop) - set(CROP_KEYS)
         if unknown:
-            raise ConfigError(f"model card defaults['crop'] has unknown keys {sorted(unknown)}; use {sorted(CROP_KEYS)}")
+            raise ConfigError(
+                f"model card defaults['crop'] has unknown keys {sorted(unknown)}; use {sorted(CROP_KEYS)}"
+            )
         paste = d.get("paste", "replace")
         if paste not in PASTE_MODES:
             raise ConfigError(f"model card defaults['paste']={paste!r}; use one of {PASTE_MODES}")
@@ -108,7 +110,7 @@ class Defaults:
             segments=tuple(d["segments"]) if d.get("segments") else None,
             adapters=dict(d.get("adapters") or {}),
             reference_encoder=dict(d["reference_encoder"]) if d.get("reference_encoder") else None,
-            text_seq_len=int(d["text_seq_len"]) if d.get("text_seq_len") is not None else None,
+            text_seq_len=int(d.get("text_seq_len") or DEFAULT_TEXT_SEQ_LEN),
             description=str(d.get("description", "")),
             raw=d,
         )
@@ -137,7 +139,9 @@ class Card:
         """This card with the text length overridden (``None``: unchanged)."""
         if text_seq_len is None:
             return self
-        return dataclasses.replace(self, facts=dataclasses.replace(self.facts, text_seq_len=int(text_seq_len)))
+        return dataclasses.replace(
+            self, facts=dataclasses.replace(self.facts, text_seq_len=int(text_seq_len))
+        )
 
 
 def existing(path: Path) -> Path | None:

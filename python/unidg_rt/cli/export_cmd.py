@@ -51,12 +51,14 @@ def export_ranges(profile: ExportProfile, weights: Optional[Path]) -> dict | Non
     side, text_len = 512, 512  # export_pipeline's fallbacks for a checkpoint without a card
     if any(r.sides is None or r.text is None for r in profile.ranges.values()):
         from unidg_rt.artifacts.assets import default_model_path
+        from unidg_rt.artifacts.card import Defaults
         from unidg_rt.models.loading import read_card
 
         path = weights if weights is not None else default_model_path()
         card = read_card(path) if path.is_file() else None
-        defaults = dict(card.defaults) if card is not None else {}
-        side, text_len = int(defaults.get("height", side)), int(defaults.get("text_seq_len", text_len))
+        if card is not None:
+            defaults = Defaults.from_dict(card.defaults)
+            side, text_len = defaults.height, defaults.text_seq_len
     around = GenerationRange.around(side, text_len)
     ranges = {}
     for name, r in profile.ranges.items():

@@ -122,7 +122,7 @@ def generate(
         segments=settings.segments,
         paste_mode=settings.paste_mode,
     )
-    steps_total = settings.num_inference_steps or pipe.defaults["num_inference_steps"]
+    steps_total = settings.num_inference_steps or pipe.card.defaults.num_inference_steps
     t0 = time.perf_counter()
     with progress_bar(console, "denoising") as progress:
         task = progress.add_task("steps", total=steps_total)

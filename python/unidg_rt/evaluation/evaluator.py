@@ -154,8 +154,8 @@ def evaluate(
     if len({v.name for v in variants}) != len(variants):
         raise InvalidInputError(f"variant names must be unique: {[v.name for v in variants]}")
     t_start = time.perf_counter()
-    gen_hw = (int(pipeline.defaults["height"]), int(pipeline.defaults["width"]))
-    feather = int(pipeline.defaults.get("feather", 8))
+    gen_hw = (pipeline.card.defaults.height, pipeline.card.defaults.width)
+    feather = pipeline.card.defaults.feather
     crop = getattr(pipeline, "crop_rule", None)  # the real defects go through the model's geometry
     categories = list(dict.fromkeys(c.category for c in cases))
     clf = classifier or load_or_train(classifier_cache, _classifier_categories(categories), gen_size=gen_hw)
@@ -253,7 +253,7 @@ def evaluate(
             "generation_seeds": "case.seed + k, k < num_seeds",
             "presence_threshold": presence_threshold,
             "fd_space": f"PCA-{clf.pca.shape[1]} of the classifier's z-scored hand-crafted change features",
-            "model": pipeline.defaults.get("description", ""),
+            "model": pipeline.card.defaults.description,
             "backend": getattr(pipeline.backend, "info", {}),
             "variants": {
                 v.name: {

@@ -88,7 +88,7 @@ def save_examples_grid(
         raise InvalidInputError("cases is empty: pass at least one EvalCase")
     variants = list(variants) if variants is not None else default_variants(pipeline)
     titles = ["reference", "target + mask", *(f"result: {v.name}" for v in variants)]
-    gen_hw = (int(pipeline.defaults["height"]), int(pipeline.defaults["width"]))
+    gen_hw = (pipeline.card.defaults.height, pipeline.card.defaults.width)
     saved = {id(v.pipeline or pipeline): adapter_strengths(v.pipeline or pipeline) for v in variants}
     width, height = grid_size(len(cases), len(titles), cell)
     canvas = Image.new("RGB", (width, height), BACKGROUND)

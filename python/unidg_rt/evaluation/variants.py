@@ -40,10 +40,10 @@ def default_variants(pipeline) -> list[Variant]:
     hierarchical ``segments`` (``defaults["segments"]``: guidance / CFG per segment), with every
     adapter strength in them set to 0 for ``SFT``, so the columns differ only by the adapters."""
     strengths = adapter_strengths(pipeline) or {}
-    spec = pipeline.defaults.get("adapters") or {}
+    spec = pipeline.card.defaults.adapters
     apo = {n: float((spec.get(n) or {}).get("strength", s)) for n, s in strengths.items()}
     off = {n: 0.0 for n in strengths}
-    segments = pipeline.defaults.get("segments") or []
+    segments = list(pipeline.card.defaults.segments or [])
     sft_segments = [{**seg, "adapter_scales": dict(off)} for seg in segments]
     seg_note = ", default segments" if segments else ", no segments"
     sft_note = ("adapters off" if strengths else "no adapters loaded") + seg_note

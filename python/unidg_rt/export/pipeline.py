@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from unidg_rt.artifacts.adapters import card_adapter_strengths
+from unidg_rt.artifacts.card import Defaults
 from unidg_rt.artifacts.io import atomic_write_json, sha256_file
 from unidg_rt.artifacts.onnx_folder import MANIFEST_FORMAT, MANIFEST_NAME, manifest_entry
 from unidg_rt.errors import ConfigError, WeightsError
@@ -54,7 +55,7 @@ from unidg_rt.export.onnx import (
     up_to_date,
 )
 from unidg_rt.export.spec import GenerationRange, IOSpec, component_spec, with_adapters
-from unidg_rt.models.config import FluxConfig
+from unidg_rt.models.config import FluxConfig, pipeline_facts
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,8 @@ PIPELINE_COMPONENTS = ("transformer", "vae_encoder", "vae_decoder", "reference_e
 FORM_PREFERENCE = ("fold", "attention_op", "decomposed", "plugin")
 
 
-def _read_configs(path: Path) -> tuple[FluxConfig, dict[str, Any] | None, dict[str, Any]]:
-    """Architecture configs and defaults without loading any weights."""
+def _read_configs(path: Path) -> tuple[FluxConfig, dict[str, Any] | None, Defaults]:
+    """Architecture configs and the card's defaults without loading any weights."""
     from unidg_rt.models.loading import read_card
 
     if path.is_file():
@@ -74,7 +75,7 @@ def _read_configs(path: Path) -> tuple[FluxConfig, dict[str, Any] | None, dict[s
             raise WeightsError(
                 f"{path} carries no 'unidg_rt' metadata: export needs a UniDG checkpoint or a diffusers folder"
             )
-        return card.transformer, card.vae, dict(card.defaults)
+        return card.transformer, card.vae, Defaults.from_dict(card.defaults)
     tdir = path / "transformer" if (path / "transformer").is_dir() else path
     cfg_file = tdir / "config.json"
     if not cfg_file.is_file():
@@ -83,7 +84,7 @@ def _read_configs(path: Path) -> tuple[FluxConfig, dict[str, Any] | None, dict[s
         )
     vae_file = path / "vae" / "config.json"
     vae = json.loads(vae_file.read_text()) if vae_file.is_file() else None
-    return FluxConfig.from_dict(json.loads(cfg_file.read_text())), vae, {}
+    return FluxConfig.from_dict(json.loads(cfg_file.read_text())), vae, Defaults()
 
 
 def _source_sha256(path: Path) -> str:
@@ -95,12 +96,12 @@ def _source_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def reference_encoder_source(path: Path, defaults: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
+def reference_encoder_source(path: Path, defaults: Defaults) -> tuple[Path, dict[str, Any]] | None:
     """``(file, config)`` of the reference encoder the card defaults name (beside the checkpoint),
     ``None`` when they name none. Reads the config from the file's metadata, not its weights."""
     from unidg_rt.models.refenc import read_reference_encoder_config
 
-    entry = defaults.get("reference_encoder")
+    entry = defaults.reference_encoder
     if not entry:
         return None
     name = entry.get("file") if isinstance(entry, dict) else None
@@ -114,15 +115,15 @@ def reference_encoder_source(path: Path, defaults: dict[str, Any]) -> tuple[Path
     return file, dataclasses.asdict(read_reference_encoder_config(file))
 
 
-def adapter_sources(path: Path, defaults: dict[str, Any], loras=()) -> dict[str, dict[str, Any]]:
+def adapter_sources(path: Path, defaults: Defaults, loras=()) -> dict[str, dict[str, Any]]:
     """``{name: {"file", "sha256", "strength", "source"}}`` of the adapters an export carries: the
     card's (files beside the checkpoint) then ``loras`` (``(file, name, strength)`` each)."""
     base = path if path.is_dir() else path.parent
     out: dict[str, dict[str, Any]] = {}
-    card = defaults.get("adapters") or {}
+    card = defaults.adapters
     entries = [
         (base / (card[n] or {}).get("file", ""), n, s, "card")
-        for n, s in card_adapter_strengths(defaults).items()
+        for n, s in card_adapter_strengths(defaults.raw).items()
     ]
     for i, item in enumerate(loras):
         file, name, strength = (*item, None, None)[:3]
@@ -200,8 +201,7 @@ def export_pipeline(
         components = [c for c in components if c != "reference_encoder"]
         if not components:
             raise ConfigError(f"components=['reference_encoder']: {path} names no reference encoder")
-    text_seq_len = int(defaults.get("text_seq_len", 512))
-    ranges = ranges or {"default": GenerationRange.around(int(defaults.get("height", 512)), text_seq_len)}
+    ranges = ranges or {"default": GenerationRange.around(defaults.height, defaults.text_seq_len)}
     adapters = adapter_sources(path, defaults, loras)
     specs = pipeline_specs(config, vae_config, ranges, ref[1] if ref else None, tuple(adapters))
     source = _source_sha256(path)
@@ -298,19 +298,12 @@ def _write_manifest(
     exported_forms = [a["attention_form"] for a in artifacts if a["component"] == "transformer"]
     runnable = [f for f in FORM_PREFERENCE if f in exported_forms and f in ORT_RUNNABLE_FORMS]
     runnable = [f for f in runnable if f in forms] or runnable
-    vae = specs["vae_decoder"].attrs
+    facts = pipeline_facts(config, specs["vae_decoder"].attrs["downsample_factor"], defaults)
     manifest = {
         "format": MANIFEST_FORMAT,
         "source": {"path": str(path), "sha256": source},
-        "pipeline": {
-            "text_seq_len": int(defaults.get("text_seq_len", 512)),
-            "joint_attention_dim": config.joint_attention_dim,
-            "pooled_projection_dim": config.pooled_projection_dim,
-            "latent_channels": config.out_dim // 4,
-            "vae_scale_factor": int(vae["downsample_factor"]),
-            "guidance_embeds": bool(config.guidance_embeds),
-        },
-        "defaults": defaults,
+        "pipeline": facts.to_dict(),
+        "defaults": defaults.to_dict(),
         "transformer_config": config.to_dict(),
         "vae_config": vae_config,
         "attention_form": runnable[0] if runnable else (exported_forms[0] if exported_forms else None),

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from unidg_rt.artifacts.card import Defaults, PipelineFacts
 from unidg_rt.errors import ConfigError
 
 
@@ -140,3 +141,17 @@ class ModelCard:
             defaults=data.get("defaults") or {},
             format=data.get("format", "unidg-rt/1"),
         )
+
+
+def pipeline_facts(config: FluxConfig, vae_scale_factor: int, defaults: Defaults) -> PipelineFacts:
+    """The :class:`~unidg_rt.artifacts.card.PipelineFacts` of a checkpoint: its transformer config,
+    its VAE's downsampling factor and its card's text length (the torch backend and the exported
+    manifest both take them from here)."""
+    return PipelineFacts(
+        text_seq_len=defaults.text_seq_len,
+        joint_attention_dim=config.joint_attention_dim,
+        pooled_projection_dim=config.pooled_projection_dim,
+        latent_channels=config.out_dim // 4,
+        vae_scale_factor=int(vae_scale_factor),
+        guidance_embeds=bool(config.guidance_embeds),
+    )

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from unidg_rt.artifacts.assets import default_model_path
-from unidg_rt.artifacts.card import DEFAULT_TEXT_SEQ_LEN, Card, Defaults, PipelineFacts, existing
+from unidg_rt.artifacts.card import Card, Defaults, existing
 from unidg_rt.errors import ConfigError, InvalidInputError, WeightsError
+from unidg_rt.models.config import pipeline_facts
 from unidg_rt.models.mmdit import FluxTransformer
 
 logger = logging.getLogger(__name__)
@@ -138,15 +139,7 @@ class TorchBackend:
             backend.reference_encoder = TorchReferenceEncoder.from_file(
                 base / defaults.reference_encoder["file"], device=device
             )
-        cfg = transformer.config
-        facts = PipelineFacts(
-            text_seq_len=defaults.text_seq_len or DEFAULT_TEXT_SEQ_LEN,
-            joint_attention_dim=cfg.joint_attention_dim,
-            pooled_projection_dim=cfg.pooled_projection_dim,
-            latent_channels=cfg.out_dim // 4,
-            vae_scale_factor=vae_model.config.downsample_factor,
-            guidance_embeds=cfg.guidance_embeds,
-        )
+        facts = pipeline_facts(transformer.config, vae_model.config.downsample_factor, defaults)
         embeddings = existing(base / "embeddings.safetensors")
         return backend, Card(facts, defaults, base=base, embeddings=embeddings, source=str(path))
 
