@@ -47,7 +47,7 @@ def test_every_shipped_export_profile_parses(path):
 
 @pytest.mark.parametrize("path", BUILD_TOMLS, ids=lambda p: p.stem)
 def test_every_shipped_build_profile_parses(path):
-    from unidg_rt.engines.manifest import normalize_builder, normalize_cc
+    from unidg_rt.artifacts.plan import normalize_builder, normalize_cc
 
     prof = pf.load_build_profile(path.stem)
     assert prof.path.resolve() == path.resolve() and prof.description

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from unidg_rt.artifacts.plan import check_plan, parse_plan_name
 from unidg_rt.engines import build as B
 from unidg_rt.engines import layers as L
 from unidg_rt.engines.inputs import component_from_path, normalize_profiles, profiles_from_spec
-from unidg_rt.engines.manifest import check_plan, parse_plan_name
 from unidg_rt.errors import BackendUnavailableError, ConfigError
 
 PROFILE = {"hidden_states": ((1, 4, 8), (1, 16, 8), (2, 64, 8))}

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from unidg_rt.engines import manifest as mf
+from unidg_rt.artifacts import plan as mf
 from unidg_rt.engines.build import build_engine
 from unidg_rt.errors import (
     BackendUnavailableError,
@@ -162,7 +162,7 @@ def _three_roles(fake_trt, tmp_path, tiny_onnx, **kw):
 
 def test_select_plans_prefers_fold_and_refuses_wrong_gpu(fake_trt, tmp_path, tiny_onnx):
     from unidg_rt.artifacts.card import card_from_plan
-    from unidg_rt.runtime.trt_backend import select_plans
+    from unidg_rt.artifacts.plan_folder import select_plans
 
     out = _three_roles(fake_trt, tmp_path, tiny_onnx, target="8.9")
     chosen = select_plans(out, "8.9", runtime_versions={"tensorrt-rtx": "1.7.1.116"})
@@ -191,7 +191,7 @@ def test_select_plans_prefers_fold_and_refuses_wrong_gpu(fake_trt, tmp_path, tin
 def test_select_plans_takes_the_reference_encoder_when_built(fake_trt, tmp_path, tiny_onnx):
     """``reference_encoder`` is an optional role: chosen when the folder has a plan, absent otherwise;
     a checkpoint whose card names one is refused without it (reference mode would silently change)."""
-    from unidg_rt.runtime.trt_backend import reference_image_size, select_plans
+    from unidg_rt.artifacts.plan_folder import reference_image_size, select_plans
 
     out = _three_roles(fake_trt, tmp_path, tiny_onnx, target="8.9")
     assert "reference_encoder" not in select_plans(out, "8.9")

@@ -24,7 +24,7 @@ trt = pytest.importorskip(
 )
 pytest.importorskip("onnxscript", reason="the exporter needs the export extra (onnx, onnxscript)")
 
-from unidg_rt.engines import manifest as mf  # noqa: E402
+from unidg_rt.artifacts import plan as mf  # noqa: E402
 from unidg_rt.engines.build import EngineBuildError, build_engine  # noqa: E402
 from unidg_rt.errors import EngineMismatchError  # noqa: E402
 
@@ -176,7 +176,7 @@ def test_vae_mid_attention_fuses_for_ada_and_blackwell_not_with_ampere(
 def test_reference_encoder_plan_io(plans):
     """The reference encoder's plan keeps the one I/O vocabulary with a static crop side S (what
     ``TRTBackend`` resizes crops to) and a dynamic batch."""
-    from unidg_rt.runtime.trt_backend import reference_image_size
+    from unidg_rt.artifacts.plan_folder import reference_image_size
 
     m = plans["reference_encoder"].manifest
     size = m["metadata"]["spec_attrs"]["image_size"]  # 96 for the default model's dims

@@ -31,8 +31,8 @@ def _attention_layers() -> int:
 
 @pytest.mark.parametrize(("form", "precision"), FORMS)
 def test_default_model_other_forms(form, precision, tmp_path, rtx_reports):
+    from unidg_rt.artifacts.plan import check_plan
     from unidg_rt.engines.build import EngineBuildError, build_engine
-    from unidg_rt.engines.manifest import check_plan
     from unidg_rt.export.pipeline import export_pipeline
 
     onnx_dir = tmp_path / "onnx"

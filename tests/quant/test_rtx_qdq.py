@@ -26,8 +26,8 @@ def _attention_layers(checkpoint) -> int:
 
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
 def test_qdq_builds_for_ada_and_blackwell(quantized, tiny_checkpoint, precision, tmp_path, request):
+    from unidg_rt.artifacts.plan import check_plan, parse_plan_name, target_tag
     from unidg_rt.engines.build import build_engine
-    from unidg_rt.engines.manifest import check_plan, parse_plan_name, target_tag
 
     if precision == "fp8":
         request.getfixturevalue("needs_modelopt")

@@ -288,7 +288,7 @@ def load_build_profile(name_or_path: str | Path) -> BuildProfile:
         name=path.stem,
         path=path,
         description=r.get("description", str, ""),
-        builder=r.get("builder", str),  # checked by the build command (engines.manifest.normalize_builder)
+        builder=r.get("builder", str),  # checked by the build command (artifacts.plan.normalize_builder)
         targets=r.strings("targets"),
         precision=r.choice("precision", PRECISIONS),
         components=r.strings("components"),

@@ -101,9 +101,9 @@ def build(
     json_out: bool = typer.Option(False, "--json", help="print the manifests as JSON on stdout"),
 ) -> None:
     """Build engines from exported ONNX (TensorRT-RTX AOT for RTX GPUs, or TensorRT on the GPU)."""
+    from unidg_rt.artifacts.plan import normalize_builder, normalize_precision
     from unidg_rt.engines.build import build_engine
     from unidg_rt.engines.inputs import component_from_path
-    from unidg_rt.engines.manifest import normalize_builder, normalize_precision
 
     prof = load_build_profile(profile) if profile is not None else BuildProfile("", Path())
     try:

@@ -56,7 +56,7 @@ def inspect(
 
         info = inspect_onnx(path)
     elif path.suffix in (".plan", ".engine"):
-        from unidg_rt.engines.manifest import inspect_plan
+        from unidg_rt.artifacts.plan import inspect_plan
 
         info = inspect_plan(path)
     else:

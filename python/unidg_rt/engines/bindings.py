@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-from unidg_rt.engines import manifest as mf
+from unidg_rt.artifacts import plan as mf
 from unidg_rt.errors import BackendUnavailableError
 
 PIP_RTX = "pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings"

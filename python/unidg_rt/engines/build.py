@@ -34,9 +34,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from unidg_rt.artifacts import plan as mf
 from unidg_rt.artifacts.io import atomic_write_bytes
 from unidg_rt.engines import layers as layer_info
-from unidg_rt.engines import manifest as mf
 from unidg_rt.engines.bindings import load_trt, local_device_cc
 from unidg_rt.engines.inputs import (
     check_onnx_precision,

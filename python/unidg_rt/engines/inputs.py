@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from unidg_rt.artifacts import plan as mf
 from unidg_rt.artifacts.adapters import artifact_adapters
 from unidg_rt.artifacts.onnx_folder import MANIFEST_NAME
-from unidg_rt.engines import manifest as mf
 from unidg_rt.errors import ConfigError
 
 _ONNX_DTYPES = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64"}

@@ -4,7 +4,7 @@
 full TensorRT cannot be installed on the CI/dev machines, TensorRT-RTX installs but needs an
 RTX-class GPU (sm 8.0/8.6/8.9/12.x) and the lent GPU machine is an H100 (sm 9.0, which TensorRT-RTX
 does not support, and where full TensorRT cannot be downloaded). What *is* tested: the plan
-selection and refusal logic (:mod:`unidg_rt.engines.manifest`), that this module imports without
+selection and refusal logic (:mod:`unidg_rt.artifacts.plan`, :mod:`unidg_rt.artifacts.plan_folder`), that this module imports without
 TensorRT, and that a missing TensorRT raises :class:`~unidg_rt.errors.BackendUnavailableError`.
 Written against the TensorRT 10 name-based I/O API (``set_input_shape`` / ``set_tensor_address``
 / ``execute_async_v3``, present in 10.3 on JetPack 6, 10.x, 11.x and TensorRT-RTX 1.x).
@@ -31,24 +31,28 @@ from typing import Any
 
 import numpy as np
 
+from unidg_rt.artifacts import plan as mf
 from unidg_rt.artifacts.adapters import INPUT_NAME as ADAPTER_INPUT
 from unidg_rt.artifacts.adapters import AdapterScales, graph_adapters
 from unidg_rt.artifacts.card import Card, card_from_plan
 from unidg_rt.artifacts.io import atomic_write_bytes
-from unidg_rt.engines import manifest as mf
+from unidg_rt.artifacts.plan_folder import OPTIONAL_ROLES, ROLES, reference_image_size, select_plans
 from unidg_rt.errors import BackendUnavailableError, EngineMismatchError, InvalidInputError
 from unidg_rt.runtime.backend import GraphAdapters
 from unidg_rt.runtime.conditioning import ReferenceEncoderRunner
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("transformer", "vae_encoder", "vae_decoder")
-#: roles used when a plan exists (the checkpoint's reference encoder, :mod:`unidg_rt.models.refenc`)
-OPTIONAL_ROLES = ("reference_encoder",)
-#: transformer variants preferred when several plans fit: folding keeps the fused MHA mask-free
-VARIANT_PREFERENCE = ("fold", "attention_op", "decomposed", "reference", "plugin")
-_TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32",
-                 "INT64": "int64", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}  # fmt: skip
+_TORCH_DTYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "BOOL": "bool",
+}
 _MAX_GRAPHS = 8
 
 
@@ -74,8 +78,16 @@ class TRTRunner:
 
     adapters: AdapterScales | None = None
 
-    def __init__(self, plan_path: str | Path, *, manifest: dict[str, Any], trt, device: str = "cuda",
-                 cuda_graph: bool = False, runtime_cache: str | Path | None = None):  # fmt: skip
+    def __init__(
+        self,
+        plan_path: str | Path,
+        *,
+        manifest: dict[str, Any],
+        trt,
+        device: str = "cuda",
+        cuda_graph: bool = False,
+        runtime_cache: str | Path | None = None,
+    ):
         torch = _torch()
         self.torch, self.trt = torch, trt
         self.device = torch.device(device)
@@ -259,8 +271,14 @@ class TRTBackend(GraphAdapters):
 
     name = "tensorrt"
 
-    def __init__(self, plans: dict[str, tuple[Path, dict[str, Any]]], *, device: str = "cuda",
-                 cuda_graph: bool = False, runtime_cache_dir: str | Path | None = None):  # fmt: skip
+    def __init__(
+        self,
+        plans: dict[str, tuple[Path, dict[str, Any]]],
+        *,
+        device: str = "cuda",
+        cuda_graph: bool = False,
+        runtime_cache_dir: str | Path | None = None,
+    ):
         from unidg_rt.engines.bindings import load_trt
 
         self.torch = _torch()
@@ -270,8 +288,14 @@ class TRTBackend(GraphAdapters):
             path, manifest = plans[role]
             trt = load_trt(manifest["builder"])
             cache = Path(runtime_cache_dir) / f"{path.stem}.rtcache" if runtime_cache_dir else None
-            runners[role] = TRTRunner(path, manifest=manifest, trt=trt, device=device,
-                                      cuda_graph=cuda_graph and role == "transformer", runtime_cache=cache)  # fmt: skip
+            runners[role] = TRTRunner(
+                path,
+                manifest=manifest,
+                trt=trt,
+                device=device,
+                cuda_graph=cuda_graph and role == "transformer",
+                runtime_cache=cache,
+            )
         self.transformer, self.vae_encoder, self.vae_decoder = (runners[r] for r in ROLES)
         path, manifest = plans["transformer"]
         ref = runners.get("reference_encoder")  # the learned reference encoder over its plan
@@ -284,9 +308,12 @@ class TRTBackend(GraphAdapters):
         )
         meta = manifest.get("metadata") or {}
         self.adapter_scales = graph_adapters(
-            list(meta.get("carried_adapters") or []), meta, self.transformer.input_names, path.name,
+            list(meta.get("carried_adapters") or []),
+            meta,
+            self.transformer.input_names,
+            path.name,
             "re-export with `unidg-rt export` (it carries the card's adapters) and rebuild with `unidg-rt build`",
-        )  # fmt: skip
+        )
         self.transformer.adapters = self.adapter_scales
         self.info = {
             "backend": "tensorrt",
@@ -297,9 +324,17 @@ class TRTBackend(GraphAdapters):
         }
 
     @classmethod
-    def open(cls, engines_dir: str | Path, *, device: str = "cuda", precision: str | None = None,
-             variant: str | None = None, cuda_graph: bool = False, runtime_cache_dir: str | Path | None = None,
-             verify_hash: bool = True) -> tuple[TRTBackend, Card]:  # fmt: skip
+    def open(
+        cls,
+        engines_dir: str | Path,
+        *,
+        device: str = "cuda",
+        precision: str | None = None,
+        variant: str | None = None,
+        cuda_graph: bool = False,
+        runtime_cache_dir: str | Path | None = None,
+        verify_hash: bool = True,
+    ) -> tuple[TRTBackend, Card]:
         """Plans built by ``unidg-rt build`` (sidecars checked against this GPU and the installed
         TensorRT / TensorRT-RTX, :func:`select_plans`) and the folder's card (the transformer
         plan's sidecar ``metadata``). UNVERIFIED on hardware (see the module docstring)."""
@@ -316,8 +351,14 @@ class TRTBackend(GraphAdapters):
                 continue
         if not versions:
             load_trt("tensorrt")  # raises the install hint
-        plans = select_plans(engines_dir, cc, precision=precision, variant=variant, runtime_versions=versions,
-                             verify_hash=verify_hash)  # fmt: skip
+        plans = select_plans(
+            engines_dir,
+            cc,
+            precision=precision,
+            variant=variant,
+            runtime_versions=versions,
+            verify_hash=verify_hash,
+        )
         backend = cls(plans, device=device, cuda_graph=cuda_graph, runtime_cache_dir=runtime_cache_dir)
         path, manifest = plans["transformer"]
         return backend, card_from_plan(manifest.get("metadata") or {}, engines_dir, path.name)
@@ -330,69 +371,3 @@ class TRTBackend(GraphAdapters):
 
     def to_numpy(self, x) -> np.ndarray:
         return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
-
-
-# ---------------------------------------------------------------------- plan selection
-def select_plans(engines_dir: str | Path, device_cc: str | None, *, precision: str | None = None,
-                 variant: str | None = None, runtime_versions: dict[str, str] | None = None,
-                 verify_hash: bool = True) -> dict[str, tuple[Path, dict[str, Any]]]:  # fmt: skip
-    """Pick one plan per role (transformer, vae_encoder, vae_decoder; reference_encoder where the
-    folder has one) that :func:`check_plan` accepts for ``device_cc``; raise the refusal (with its
-    rebuild command) when none does. Needs neither TensorRT nor a GPU (tested on CPU)."""
-    engines_dir = Path(engines_dir)
-    if not engines_dir.is_dir():
-        raise InvalidInputError(
-            f"engines_dir {engines_dir} is not a folder: build engines with `unidg-rt build`"
-        )
-    plans = mf.find_plans(engines_dir)
-    candidates: dict[str, list[tuple[Path, dict]]] = {r: [] for r in (*ROLES, *OPTIONAL_ROLES)}
-    foreign = []
-    for p in plans:
-        m = mf.read_manifest(p)
-        if m is None or m.get("format") != mf.MANIFEST_FORMAT:
-            foreign.append(p.name)
-            continue
-        if m.get("component") in candidates and (
-            precision is None or m.get("precision") == mf.normalize_precision(precision)
-        ):
-            tag = m.get("component_tag", m["component"])
-            if variant is None or m["component"] != "transformer" or tag == f"transformer-{variant}":
-                candidates[m["component"]].append((p, m))
-    if foreign:
-        logger.warning("ignoring plans without a unidg_rt sidecar (not built here): %s", ", ".join(foreign))
-    chosen = {}
-    for role, cands in candidates.items():
-        if not cands and role in OPTIONAL_ROLES:
-            continue
-        if not cands:
-            raise InvalidInputError(
-                f"no {role} plan in {engines_dir}"
-                + (f" with precision {precision}" if precision else "")
-                + (f" and variant {variant}" if variant and role == "transformer" else "")
-                + ": build it with `unidg-rt build ONNX_DIR --out "
-                + str(engines_dir)
-                + "`"
-            )
-
-        def rank(item):
-            _, m = item
-            tag = m.get("component_tag", "")
-            form = tag.split("-", 1)[1] if "-" in tag else ""
-            fits = device_cc is None or mf.runs_on(m, device_cc)
-            pref = VARIANT_PREFERENCE.index(form) if form in VARIANT_PREFERENCE else len(VARIANT_PREFERENCE)
-            return (not fits, pref, m.get("precision") != "fp16")
-
-        path, m = sorted(cands, key=rank)[0]
-        version = (runtime_versions or {}).get(m["builder"])
-        chosen[role] = (path, mf.check_plan(path, device_cc=device_cc, builder_version=version,
-                                            verify_plan_hash=verify_hash))  # fmt: skip
-    return chosen
-
-
-def reference_image_size(manifest: dict[str, Any]) -> int:
-    """The static crop side ``S`` of a reference-encoder plan: its ``images [B, 3, S, S]`` input as
-    the build recorded it (else the exporter's spec attrs)."""
-    for t in (manifest.get("io") or {}).get("inputs", []):
-        if t["name"] == "images" and int(t["shape"][-1]) > 0:
-            return int(t["shape"][-1])
-    return int(((manifest.get("metadata") or {}).get("spec_attrs") or {})["image_size"])
