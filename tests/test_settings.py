@@ -45,3 +45,29 @@ def test_bad_fast_path_is_one_line():
     with pytest.raises(ConfigError, match="fast_path: Input should be 'auto', 'on' or 'off'") as exc:
         load_settings(fast_path="sometimes")
     assert "\n" not in str(exc.value)
+
+
+def test_settings_spell_forms_precisions_and_paste_modes_from_the_shared_words():
+    """One definition (issue 16): Settings accepts exactly vocab's runnable attention forms and
+    precisions and the card's paste modes (ONNX Runtime forms too, e.g. ``decomposed``)."""
+    import typing
+
+    import pytest
+    from pydantic import ValidationError
+
+    from unidg_rt.artifacts.card import PASTE_MODES
+    from unidg_rt.settings import Settings
+    from unidg_rt.vocab import ORT_FORMS, PRECISIONS, RUNNABLE_FORMS, TORCH_FORMS
+
+    fields = Settings.model_fields
+
+    def choices(name):
+        return next(typing.get_args(a) for a in typing.get_args(fields[name].annotation) if a is not type(None))
+
+    assert choices("precision") == PRECISIONS
+    assert choices("attention_form") == RUNNABLE_FORMS
+    assert set(RUNNABLE_FORMS) == set(TORCH_FORMS) | set(ORT_FORMS)
+    assert choices("paste_mode") == PASTE_MODES
+    assert Settings(attention_form="decomposed").attention_form == "decomposed"
+    with pytest.raises(ValidationError, match="attention_form"):
+        Settings(attention_form="plugin")  # needs the TensorRT plugin: not a runnable form

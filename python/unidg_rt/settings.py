@@ -19,7 +19,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from unidg_rt.artifacts.card import PASTE_MODES
 from unidg_rt.errors import ConfigError
+from unidg_rt.vocab import PRECISIONS, RUNNABLE_FORMS
 
 #: accepted spellings of ``fast_path`` besides auto / on / off (env vars and TOML booleans)
 _FAST_PATH_ALIASES = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}
@@ -35,7 +37,7 @@ class Settings(BaseSettings):
     backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
     onnx_dir: Path | None = Field(None, description="exported ONNX folder (backend=onnxruntime)")
     engines_dir: Path | None = Field(None, description="built engine folder (backend=tensorrt)")
-    precision: Literal["fp32", "bf16", "fp16", "fp8", "int8"] | None = Field(
+    precision: Literal[PRECISIONS] | None = Field(
         None,
         description="onnxruntime: exported precision to run; tensorrt: which plans; torch: only 'fp8' (FP8 "
         "linears on the GPU fast path); None = the folder's / model's default",
@@ -47,7 +49,9 @@ class Settings(BaseSettings):
         "CPU; on = CUDA only (an error elsewhere); off = eager. Also true/false/1/0",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    attention_form: Literal["reference", "fold", "triton"] | None = None
+    attention_form: Literal[RUNNABLE_FORMS] | None = Field(
+        None, description="torch: reference/fold/triton/sdpa; onnxruntime: an exported graph form; None = default"
+    )
     height: int | None = Field(None, description="per-side generation height (multiple of 16)")
     width: int | None = Field(None, description="per-side generation width (multiple of 16)")
     num_inference_steps: int | None = None
@@ -55,7 +59,7 @@ class Settings(BaseSettings):
     output_dir: Path = Path("outputs")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     segments: list[dict[str, Any]] | None = Field(None, description="hierarchical sampling segments")
-    paste_mode: Literal["replace", "residual"] | None = Field(
+    paste_mode: Literal[PASTE_MODES] | None = Field(
         None, description="paste-back: replace pixels, or add the change (residual); None = the model's"
     )
 

@@ -33,3 +33,5 @@ TORCH_FORMS: tuple[str, ...] = ("reference", "fold", "triton", "sdpa")
 GRAPH_FORMS: tuple[str, ...] = ("decomposed", "fold", "attention_op", "plugin")
 #: graph forms ONNX Runtime can execute (``plugin`` needs the TensorRT plugin)
 ORT_FORMS: tuple[str, ...] = ("decomposed", "fold", "attention_op")
+#: forms a run can select (``Settings.attention_form``): the torch forms, then the ONNX Runtime graph forms
+RUNNABLE_FORMS: tuple[str, ...] = tuple(dict.fromkeys(TORCH_FORMS + ORT_FORMS))
