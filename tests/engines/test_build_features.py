@@ -9,6 +9,7 @@ import pytest
 
 from unidg_rt.artifacts.plan import check_plan, parse_plan_name
 from unidg_rt.engines import build as B
+from unidg_rt.engines import build_config
 from unidg_rt.engines import layers as L
 from unidg_rt.engines.inputs import component_from_path, normalize_profiles, profiles_from_spec
 from unidg_rt.errors import BackendUnavailableError, ConfigError
@@ -51,7 +52,7 @@ def test_rtx_targets(fake_trt):
 def test_full_trt_targets(fake_trt, monkeypatch):
     t103 = fake_trt("trt103")
     cfg = t103.Builder(None).create_builder_config()
-    monkeypatch.setattr(B, "local_device_cc", lambda: "8.7")  # a Jetson Orin
+    monkeypatch.setattr(build_config, "local_device_cc", lambda: "8.7")  # a Jetson Orin
     assert B.apply_target(t103, cfg, "tensorrt", [])["compute_capabilities"] == ["8.7"]
     with pytest.raises(ConfigError, match="builds for this GPU"):
         B.apply_target(t103, cfg, "tensorrt", ["8.9"])
@@ -60,7 +61,7 @@ def test_full_trt_targets(fake_trt, monkeypatch):
         rec["hardware_compatibility"] == "AMPERE_PLUS"
         and cfg.hardware_compatibility_level.name == "AMPERE_PLUS"
     )
-    monkeypatch.setattr(B, "local_device_cc", lambda: None)
+    monkeypatch.setattr(build_config, "local_device_cc", lambda: None)
     with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
         B.apply_target(t103, cfg, "tensorrt", [])
     assert B.apply_target(t103, cfg, "tensorrt", ["8.7"])["compute_capabilities"] == ["8.7"]  # bare JetPack
