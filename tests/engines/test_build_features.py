@@ -70,8 +70,9 @@ def test_full_trt_targets(fake_trt, monkeypatch):
 def test_options_refit_weight_streaming_workspace(fake_trt):
     t86, t103 = fake_trt("trt86"), fake_trt("trt103")
     cfg = t103.Builder(None).create_builder_config()
-    applied = B.apply_options(t103, cfg, workspace=1 << 30, refit=True, weight_streaming=True,
-                              strongly_typed=True, opt_level=5)  # fmt: skip
+    applied = B.apply_options(
+        t103, cfg, workspace=1 << 30, refit=True, weight_streaming=True, strongly_typed=True, opt_level=5
+    )
     assert applied == {
         "workspace": 1 << 30,
         "refit": True,
@@ -81,12 +82,20 @@ def test_options_refit_weight_streaming_workspace(fake_trt):
     assert cfg.pool == {"WORKSPACE": 1 << 30} and {"REFIT", "WEIGHT_STREAMING"} <= set(cfg.flags_set)
     assert cfg.profiling_verbosity.name == "DETAILED"
     cfg86 = t86.Builder(None).create_builder_config()
-    applied = B.apply_options(t86, cfg86, workspace=None, refit=False, weight_streaming=True,
-                              strongly_typed=False, opt_level=None)  # fmt: skip
+    applied = B.apply_options(
+        t86, cfg86, workspace=None, refit=False, weight_streaming=True, strongly_typed=False, opt_level=None
+    )
     assert applied == {"weight_streaming": False}  # 8.6 has no WEIGHT_STREAMING: detected, recorded off
     with pytest.raises(ConfigError, match="strongly typed"):
-        B.apply_options(t103, cfg, workspace=None, refit=False, weight_streaming=True,
-                        strongly_typed=False, opt_level=None)  # fmt: skip
+        B.apply_options(
+            t103,
+            cfg,
+            workspace=None,
+            refit=False,
+            weight_streaming=True,
+            strongly_typed=False,
+            opt_level=None,
+        )
 
 
 def test_timing_cache_load_save_and_rtx_noop(fake_trt, tmp_path):
@@ -109,8 +118,15 @@ def test_build_engine_with_fake_rtx_records_flags_profiles_and_builder_log(
     asserted only by the TensorRT-RTX builds (test_rtx_build.py); the fake's log line is canned."""
 
     rtx = fake_trt("rtx")
-    info = B.build_engine(tiny_onnx, tmp_path / "plans", builder="tensorrt-rtx", precision="fp16",
-                          profiles=PROFILE, target="8.9", trt_module=rtx)  # fmt: skip
+    info = B.build_engine(
+        tiny_onnx,
+        tmp_path / "plans",
+        builder="tensorrt-rtx",
+        precision="fp16",
+        profiles=PROFILE,
+        target="8.9",
+        trt_module=rtx,
+    )
     fields = parse_plan_name(info.plan_path)
     assert fields["component"] == "transformer-fold" and fields["target"] == "sm89"
     assert fields["builder"] == "tensorrt-rtx" and fields["builder_version"] == "1.7.1.116"
@@ -195,8 +211,19 @@ def test_attention_summary_forms(mha_line):
 
 
 def test_inspector_json():
-    text = json.dumps({"Layers": [{"Name": "mha_fused_1", "LayerType": "Myelin", "Inputs": [
-        {"Name": "q", "Dimensions": [1, 2, 8, 64], "Format/Datatype": "Half"}], "Metadata": "[ONNX Layer: attn]"}, "plain"]})  # fmt: skip
+    text = json.dumps(
+        {
+            "Layers": [
+                {
+                    "Name": "mha_fused_1",
+                    "LayerType": "Myelin",
+                    "Inputs": [{"Name": "q", "Dimensions": [1, 2, 8, 64], "Format/Datatype": "Half"}],
+                    "Metadata": "[ONNX Layer: attn]",
+                },
+                "plain",
+            ]
+        }
+    )
     layers = L.parse_inspector_json(text)
     assert layers[0]["onnx_nodes"] == ["attn"] and layers[1]["name"] == "plain"
     assert L.attention_summary(layers)["fused_mha"] == 1
