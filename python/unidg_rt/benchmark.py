@@ -42,8 +42,16 @@ class BenchConfig:
     warmup: int = 3
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     dtype: str = "bfloat16" if torch.cuda.is_available() else "float32"
-    variants: tuple[str, ...] = ("ours-eager", "ours-fold", "ours-fast", "ours-fast-nobias", "ours-fast-nograph",
-                                 "ours-fast-fp8", "diffusers-eager", "diffusers-mask")  # fmt: skip
+    variants: tuple[str, ...] = (
+        "ours-eager",
+        "ours-fold",
+        "ours-fast",
+        "ours-fast-nobias",
+        "ours-fast-nograph",
+        "ours-fast-fp8",
+        "diffusers-eager",
+        "diffusers-mask",
+    )
     fast_path: str = "auto"  # how the ours-fast* variants resolve (see fast_path_config)
     e2e: bool = True  # also time reference mode end to end through UniDGPipeline (E2E_VARIANTS)
     seed: int = 0
@@ -290,8 +298,13 @@ def _assemble(cfg: BenchConfig, results: dict[str, Any], complete: bool) -> dict
         for k, v in results.items():
             if isinstance(v, dict) and "dit_step" in v:
                 ratios[k] = round(v["dit_step"]["median_ms"] / base, 4)
-    return {"config": {**cfg.__dict__, "variants": list(cfg.variants)}, "environment": environment(),
-            "results": dict(results), "ratios_vs_diffusers_eager": ratios, "complete": complete}  # fmt: skip
+    return {
+        "config": {**cfg.__dict__, "variants": list(cfg.variants)},
+        "environment": environment(),
+        "results": dict(results),
+        "ratios_vs_diffusers_eager": ratios,
+        "complete": complete,
+    }
 
 
 def _pipeline_e2e(cfg: BenchConfig, backend, tcfg, vcfg, timer) -> dict[str, float]:
@@ -313,8 +326,18 @@ def _pipeline_e2e(cfg: BenchConfig, backend, tcfg, vcfg, timer) -> dict[str, flo
     img = (rng.random((cfg.height, cfg.width, 3)) * 255).astype(np.uint8)
     mask = np.zeros(img.shape[:2], bool)
     mask[cfg.height // 4 : cfg.height // 2, cfg.width // 4 : cfg.width // 2] = True
-    kw = dict(image=img, mask_image=mask, reference_image=img, reference_mask=mask, height=cfg.height,
-              width=cfg.width, num_inference_steps=cfg.steps, guidance_scale=3.5, seed=0, output_type="np")  # fmt: skip
+    kw = dict(
+        image=img,
+        mask_image=mask,
+        reference_image=img,
+        reference_mask=mask,
+        height=cfg.height,
+        width=cfg.width,
+        num_inference_steps=cfg.steps,
+        guidance_scale=3.5,
+        seed=0,
+        output_type="np",
+    )
     return _stats(timer(lambda: pipe(**kw), max(3, cfg.runs // 3), 1))
 
 
@@ -346,8 +369,10 @@ def _attention(cfg, tcfg, device, dtype, timer) -> dict[str, Any]:
     h, w = cfg.height // 16, 2 * cfg.width // 16
     n = cfg.text_len + h * w
     g = torch.Generator().manual_seed(cfg.seed)
-    q, k, v = (torch.randn(1, tcfg.num_attention_heads, n, tcfg.attention_head_dim, generator=g).to(device, dtype)
-               for _ in range(3))  # fmt: skip
+    q, k, v = (
+        torch.randn(1, tcfg.num_attention_heads, n, tcfg.attention_head_dim, generator=g).to(device, dtype)
+        for _ in range(3)
+    )
     groups = torch.randint(0, 5, (n,), generator=g).to(device)
     table = torch.from_numpy(default_group_bias(1.0)).to(device)
     forms = ["sdpa", "reference", "fold"] + (["triton"] if device.type == "cuda" else [])

@@ -321,3 +321,13 @@ def test_trt_runner_feeds_adapter_scales_like_ort():
         scales.set({"apo": 0.0, "style": 0.25})
     given = np.float32([2.0, 3.0])
     assert np.array_equal(ort.prepare({**base, "adapter_scales": given})["adapter_scales"], given)
+
+
+def test_engines_facade_resolves_every_name():
+    """``unidg_rt.engines`` re-exports lazily; each name resolves (plan checks from artifacts.plan)."""
+    import unidg_rt.engines as engines
+    from unidg_rt.artifacts import plan
+
+    for name in engines.__all__:
+        assert getattr(engines, name) is not None
+    assert engines.check_plan is plan.check_plan

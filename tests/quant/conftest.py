@@ -49,7 +49,7 @@ def quantized(calibrated):
     tests take ``needs_modelopt`` too: it skips with ModelOpt's import error outside CI and fails
     in CI (tests/conftest.py turns dependency skips into failures there)."""
     from unidg_rt.quant.artifacts import quantize_folder
-    from unidg_rt.quant.qdq import modelopt_available
+    from unidg_rt.quant.quantizers import modelopt_available
 
     onnx_dir = calibrated.root / "onnx_q"
     shutil.copytree(calibrated.onnx_dir, onnx_dir)
@@ -69,7 +69,7 @@ def tiny_classifier():
 @pytest.fixture
 def needs_modelopt():
     """Skip (fail under CI=true) with the reason ModelOpt's ONNX quantizer does not import."""
-    from unidg_rt.quant.qdq import modelopt_unavailable_reason
+    from unidg_rt.quant.quantizers import modelopt_unavailable_reason
 
     reason = modelopt_unavailable_reason()
     if reason is not None:

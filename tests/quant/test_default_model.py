@@ -29,7 +29,7 @@ def default_report(tmp_path_factory, default_onnx_dir):
     from unidg_rt.evaluation.precision_report import compare_precisions
     from unidg_rt.quant.artifacts import quantize_folder
     from unidg_rt.quant.calibration import capture, load_manifest
-    from unidg_rt.quant.qdq import modelopt_available
+    from unidg_rt.quant.quantizers import modelopt_available
     from unidg_rt.runtime.pipeline import UniDGPipeline
 
     root = tmp_path_factory.mktemp("default_q")

@@ -250,20 +250,26 @@ def check_plan(
     if manifest is None or manifest.get("format") != MANIFEST_FORMAT:
         raise _refuse(
             f"no unidg_rt sidecar {sidecar_path(plan_path).name} (only plans built by unidg_rt are loaded)",
-            manifest, plan_path, onnx_path=onnx_path,
-        )  # fmt: skip
+            manifest,
+            plan_path,
+            onnx_path=onnx_path,
+        )
     plan_meta = manifest.get("plan") or {}
     size = plan_path.stat().st_size
     if plan_meta.get("bytes") is not None and plan_meta["bytes"] != size:
         raise _refuse(
             f"plan is {size} bytes but the sidecar recorded {plan_meta['bytes']} (file replaced or truncated)",
-            manifest, plan_path, onnx_path=onnx_path,
-        )  # fmt: skip
+            manifest,
+            plan_path,
+            onnx_path=onnx_path,
+        )
     if verify_plan_hash and sha256_file(plan_path) != plan_meta.get("sha256"):
         raise _refuse(
-            "plan sha256 does not match its sidecar (not the plan unidg_rt built)", manifest, plan_path,
+            "plan sha256 does not match its sidecar (not the plan unidg_rt built)",
+            manifest,
+            plan_path,
             onnx_path=onnx_path,
-        )  # fmt: skip
+        )
     fields = parse_plan_name(plan_path)
     if fields is not None and not manifest["onnx"]["sha256"].startswith(fields["onnx_hash"]):
         raise _refuse("file name hash and sidecar ONNX hash differ (renamed plan)", manifest, plan_path)
@@ -273,8 +279,10 @@ def check_plan(
             raise _refuse(
                 f"built from ONNX sha256 {manifest['onnx']['sha256'][:HASH_CHARS]}…, but {Path(onnx_path).name} "
                 f"is now {digest[:HASH_CHARS]}… (the model or its export changed)",
-                manifest, plan_path, onnx_path=onnx_path,
-            )  # fmt: skip
+                manifest,
+                plan_path,
+                onnx_path=onnx_path,
+            )
     if device_cc is not None:
         cc = normalize_cc(device_cc)
         if not runs_on(manifest, cc):
@@ -295,8 +303,10 @@ def check_plan(
     if builder_version is not None and str(builder_version) != manifest.get("builder_version"):
         raise _refuse(
             f"built by {manifest['builder']} {manifest.get('builder_version')}, the runtime is {builder_version}",
-            manifest, plan_path, onnx_path=onnx_path,
-        )  # fmt: skip
+            manifest,
+            plan_path,
+            onnx_path=onnx_path,
+        )
     return manifest
 
 

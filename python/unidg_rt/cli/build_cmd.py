@@ -143,11 +143,21 @@ def build(
         t0 = time.perf_counter()
         try:
             info = build_engine(
-                f, out, builder=builder, precision=precision, profiles=prof, target=list(target) or None,
-                timing_cache=timing_cache, workspace=int(workspace_gb * 2**30) if workspace_gb else None,
-                refit=refit, weight_streaming=weight_streaming, strongly_typed=not weakly_typed,
-                component=tag, size_range=size_range, opt_level=opt_level,
-            )  # fmt: skip
+                f,
+                out,
+                builder=builder,
+                precision=precision,
+                profiles=prof,
+                target=list(target) or None,
+                timing_cache=timing_cache,
+                workspace=int(workspace_gb * 2**30) if workspace_gb else None,
+                refit=refit,
+                weight_streaming=weight_streaming,
+                strongly_typed=not weakly_typed,
+                component=tag,
+                size_range=size_range,
+                opt_level=opt_level,
+            )
         except UniDGError as exc:
             failures.append((f.name, str(exc)))
             console.print(f"[red]failed[/] {f.name}: {str(exc).splitlines()[0]}")
@@ -165,8 +175,12 @@ def build(
         table.add_column(col)
     for info in results:
         m = info.manifest
-        table.add_row(info.plan_path.name, f"{m['plan']['bytes'] / 1e6:.1f}", str(m["build_seconds"]),
-                      (m.get("layer_report") or {}).get("verdict", "-"))  # fmt: skip
+        table.add_row(
+            info.plan_path.name,
+            f"{m['plan']['bytes'] / 1e6:.1f}",
+            str(m["build_seconds"]),
+            (m.get("layer_report") or {}).get("verdict", "-"),
+        )
     console.print(table)
     if json_out:
         typer.echo(json.dumps([i.manifest for i in results], indent=2, default=str))

@@ -303,8 +303,10 @@ def export_component(
                 fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 logger.warning(
                     "dynamo export of %s failed on torch %s (%s); falling back to the TorchScript exporter",
-                    stem, torch.__version__, fallback_reason,
-                )  # fmt: skip
+                    stem,
+                    torch.__version__,
+                    fallback_reason,
+                )
                 exporter = "torchscript"
                 model_ir = _export_torchscript(module, feed, spec, opset, tmp_dir)
         info = _finish(
@@ -323,8 +325,13 @@ def export_component(
     )
     sidecar = out_dir / f"{stem}.json"
     atomic_write_json(sidecar, info)
-    logger.info("exported %s (%.1f MB) in %.1f s via %s", info["onnx_file"], info["total_bytes"] / 1e6,
-                info["export_seconds"], exporter)  # fmt: skip
+    logger.info(
+        "exported %s (%.1f MB) in %.1f s via %s",
+        info["onnx_file"],
+        info["total_bytes"] / 1e6,
+        info["export_seconds"],
+        exporter,
+    )
     return ExportResult(component, out_dir / info["onnx_file"], sidecar, False, info)
 
 

@@ -228,9 +228,19 @@ def export_pipeline(
             continue
         model = _load(models, component, ref[0] if component == "reference_encoder" else path, prec, adapters)
         results.append(
-            export_component(component, model, spec, out_dir, prec, form, opset,
-                             source_sha256=sources[component], external_data=external_data, force=force)
-        )  # fmt: skip
+            export_component(
+                component,
+                model,
+                spec,
+                out_dir,
+                prec,
+                form,
+                opset,
+                source_sha256=sources[component],
+                external_data=external_data,
+                force=force,
+            )
+        )
 
     embeddings = _copy_embeddings(path, out_dir)
     manifest = _write_manifest(

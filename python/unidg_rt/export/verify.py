@@ -37,8 +37,14 @@ class ParityReport:
         return self.worst <= self.atol
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "atol": self.atol, "passed": self.passed, "max_abs": self.max_abs,
-                "mean_abs": self.mean_abs, "shapes": {k: list(v) for k, v in self.shapes.items()}}  # fmt: skip
+        return {
+            "path": self.path,
+            "atol": self.atol,
+            "passed": self.passed,
+            "max_abs": self.max_abs,
+            "mean_abs": self.mean_abs,
+            "shapes": {k: list(v) for k, v in self.shapes.items()},
+        }
 
 
 def ort_session(path: str | Path, providers: list[str] | None = None):
@@ -109,6 +115,11 @@ def verify_onnx(
             total.max_abs[k] = max(v, total.max_abs.get(k, 0.0))
             total.mean_abs[k] = max(rep.mean_abs[k], total.mean_abs.get(k, 0.0))
             total.shapes[k] = rep.shapes[k]
-    logger.info("parity %s: max |Δ| %.3g (atol %.1g) %s", Path(path).name, total.worst, atol,
-                "ok" if total.passed else "FAILED")  # fmt: skip
+    logger.info(
+        "parity %s: max |Δ| %.3g (atol %.1g) %s",
+        Path(path).name,
+        total.worst,
+        atol,
+        "ok" if total.passed else "FAILED",
+    )
     return total

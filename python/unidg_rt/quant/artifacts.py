@@ -123,13 +123,27 @@ def quantize_folder(
 
         cal_file = calibration / f"{component}.npz" if calibration.is_dir() else calibration
         load_calibration(cal_file, component)  # refuse before hashing anything
-        settings = {"precision": precision, "keep": None if keep is None else list(keep),
-                    "quantize_attention": quantize_attention, "backend": backend, "high_precision": high_precision,
-                    "calibration_method": calibration_method, "max_samples": max_samples,
-                    "min_coverage": min_coverage}  # fmt: skip
-        key = hashlib.sha256(json.dumps({
-            "source": src_side.get("onnx_sha256") or sha256_file(src), "calibration": sha256_file(cal_file),
-            "settings": settings, "versions": _versions()}, sort_keys=True).encode()).hexdigest()  # fmt: skip
+        settings = {
+            "precision": precision,
+            "keep": None if keep is None else list(keep),
+            "quantize_attention": quantize_attention,
+            "backend": backend,
+            "high_precision": high_precision,
+            "calibration_method": calibration_method,
+            "max_samples": max_samples,
+            "min_coverage": min_coverage,
+        }
+        key = hashlib.sha256(
+            json.dumps(
+                {
+                    "source": src_side.get("onnx_sha256") or sha256_file(src),
+                    "calibration": sha256_file(cal_file),
+                    "settings": settings,
+                    "versions": _versions(),
+                },
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
         side_path = onnx_dir / f"{stem}.json"
         old = _read(side_path)
         if (
@@ -144,10 +158,19 @@ def quantize_folder(
             continue
         side_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for a new file
         res = quantize_onnx(
-            src, out, cal_file, precision, component=component, keep=keep, quantize_attention=quantize_attention,
-            backend=backend, high_precision=high_precision, calibration_method=calibration_method,
-            max_samples=max_samples, min_coverage=min_coverage,
-        )  # fmt: skip
+            src,
+            out,
+            cal_file,
+            precision,
+            component=component,
+            keep=keep,
+            quantize_attention=quantize_attention,
+            backend=backend,
+            high_precision=high_precision,
+            calibration_method=calibration_method,
+            max_samples=max_samples,
+            min_coverage=min_coverage,
+        )
         sidecar = _sidecar(out, src, src_side, src_entry, cal_file, key, res)
         atomic_write_json(side_path, sidecar)
         register_artifact(onnx_dir, _entry(sidecar))

@@ -199,8 +199,12 @@ def capture(pipeline, manifest: dict[str, Any], out_dir: str | Path) -> dict[str
     try:
         for case in cases:
             rec["transformer"].step = 0
-            pipeline(**case, num_inference_steps=manifest.get("num_inference_steps"), callback_on_step_end=on_step,
-                     output_type="np")  # fmt: skip
+            pipeline(
+                **case,
+                num_inference_steps=manifest.get("num_inference_steps"),
+                callback_on_step_end=on_step,
+                output_type="np",
+            )
     finally:
         be.transformer, be.vae_encoder, be.vae_decoder = originals
     paths = {}

@@ -119,14 +119,21 @@ class QuantPlan:
         reasons: dict[str, int] = {}
         for r in self.keep.values():
             reasons[r] = reasons.get(r, 0) + 1
-        return {"compute_nodes": len(self.compute), "to_quantize": len(self.to_quantize),
-                "kept": len(self.keep), "kept_by_reason": reasons, "unmapped_nodes": len(self.unmapped)}  # fmt: skip
+        return {
+            "compute_nodes": len(self.compute),
+            "to_quantize": len(self.to_quantize),
+            "kept": len(self.keep),
+            "kept_by_reason": reasons,
+            "unmapped_nodes": len(self.unmapped),
+        }
 
 
 def plan_quantization(
-    model_or_path, component: str = "transformer", keep: Sequence[str] | None = None,
+    model_or_path,
+    component: str = "transformer",
+    keep: Sequence[str] | None = None,
     quantize_attention: bool = False,
-) -> QuantPlan:  # fmt: skip
+) -> QuantPlan:
     """Classify every ``MatMul``/``Gemm``/``Conv`` of the graph: quantise, or keep (pattern /
     attention math). ``keep=None`` = :data:`DEFAULT_KEEP` of the component; ``()`` = keep none."""
     model = load_model(model_or_path)
@@ -152,8 +159,13 @@ def plan_quantization(
         elif (pat := keep_matches(mod, patterns)) is not None:
             kept[n.name] = f"keep pattern {pat!r}"
     if patterns and not any(r.startswith("keep pattern") for r in kept.values()):
-        logger.warning("%s: no node matched the keep patterns %s (module names: %d of %d unmapped)",
-                       component, patterns, sum(m is None for m in modules.values()), len(modules))  # fmt: skip
+        logger.warning(
+            "%s: no node matched the keep patterns %s (module names: %d of %d unmapped)",
+            component,
+            patterns,
+            sum(m is None for m in modules.values()),
+            len(modules),
+        )
     return QuantPlan(component, compute, modules, kept, patterns)
 
 
@@ -176,14 +188,21 @@ def restore_kept_inputs(model, keep) -> int:
                 restored += 1
     if restored:
         used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(o in used for o in n.output)]  # fmt: skip
+        dead = [
+            n
+            for n in model.graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in n.output)
+        ]
         while dead:  # drop Q/DQ pairs nobody reads any more
             for n in dead:
                 model.graph.node.remove(n)
             used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-            dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                    and not any(o in used for o in n.output)]  # fmt: skip
+            dead = [
+                n
+                for n in model.graph.node
+                if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)
+            ]
     return restored
 
 
@@ -321,6 +340,8 @@ def validate_qdq(
     rep.coverage = rep.quantized_compute / rep.eligible_compute if rep.eligible_compute else 0.0
     rep.coverage_all = rep.quantized_compute / rep.compute_nodes if rep.compute_nodes else 0.0
     if rep.coverage < min_cov:
-        rep.problems.append(f"coverage {rep.coverage:.1%} of the non-kept MatMul/Gemm/Conv nodes is below "
-                            f"the expected {min_cov:.0%}")  # fmt: skip
+        rep.problems.append(
+            f"coverage {rep.coverage:.1%} of the non-kept MatMul/Gemm/Conv nodes is below "
+            f"the expected {min_cov:.0%}"
+        )
     return rep

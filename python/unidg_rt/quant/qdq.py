@@ -35,10 +35,8 @@ random-data fallback is never reached. :func:`validate_qdq` checks every result 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import re
 import shutil
 import tempfile
 import time
@@ -51,7 +49,7 @@ import numpy as np
 
 from unidg_rt.artifacts.adapters import AdapterScales, artifact_adapters
 from unidg_rt.artifacts.feeds import GraphFeed, TransformerFeed
-from unidg_rt.errors import BackendUnavailableError, ConfigError, InvalidInputError, UniDGError
+from unidg_rt.errors import ConfigError, InvalidInputError, UniDGError
 from unidg_rt.quant.graph import (  # noqa: F401 - re-exported: the quantisation API lives here
     COMPUTE_OPS,
     DEFAULT_KEEP,
@@ -65,6 +63,11 @@ from unidg_rt.quant.graph import (  # noqa: F401 - re-exported: the quantisation
     restore_kept_inputs,
     validate_qdq,
 )
+from unidg_rt.quant.quantizers import (
+    resolve_backend,
+    run_modelopt,
+    run_ort,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,6 @@ QDQ_PRECISIONS = ("int8", "fp8")
 DEFAULT_MIN_COVERAGE = 0.9
 _ORT_TYPES = {1: "tensor(float)", 10: "tensor(float16)", 11: "tensor(double)", 7: "tensor(int64)",
               6: "tensor(int32)", 9: "tensor(bool)"}  # fmt: skip
-_MODELOPT_HINT = "pip install nvidia-modelopt onnx_graphsurgeon polygraphy onnxslim onnxconverter-common lief"
 
 
 class QuantizationError(UniDGError):
@@ -149,130 +151,6 @@ def calibration_feeds(
     return feeds
 
 
-def _reader(feeds: list[dict[str, np.ndarray]]):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class FeedReader(CalibrationDataReader):
-        def __init__(self):
-            self.i = 0
-
-        def get_next(self):
-            self.i += 1
-            return feeds[self.i - 1] if self.i <= len(feeds) else None
-
-        def get_first(self):  # ModelOpt peeks at one sample to trace outputs
-            return feeds[0]
-
-        def rewind(self):
-            self.i = 0
-
-        def __len__(self):
-            return len(feeds)
-
-    return FeedReader()
-
-
-# ---------------------------------------------------------------------- quantisers
-def modelopt_unavailable_reason() -> str | None:
-    """Why ModelOpt's ONNX quantizer cannot be used here (the import error and the install
-    command), or ``None`` when it imports (it needs onnx_graphsurgeon, polygraphy, lief… besides)."""
-    try:
-        import modelopt.onnx.quantization  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - ImportError, or its optional deps failing at import
-        return f"ModelOpt's ONNX quantizer does not import ({type(exc).__name__}: {exc}); {_MODELOPT_HINT}"
-    return None
-
-
-def modelopt_available() -> bool:
-    """ModelOpt's ONNX quantizer imports; when not, the reason is logged (INFO) and
-    :func:`modelopt_unavailable_reason` returns it."""
-    reason = modelopt_unavailable_reason()
-    if reason is not None:
-        logger.info("%s", reason)
-    return reason is None
-
-
-def resolve_backend(backend: str, precision: str) -> str:
-    if backend not in ("auto", "modelopt", "ort"):
-        raise ConfigError(f"backend={backend!r}: choose auto, modelopt or ort")
-    if backend == "auto":
-        backend = "modelopt" if modelopt_available() else "ort"
-    if backend == "modelopt" and not modelopt_available():
-        raise BackendUnavailableError(
-            "ModelOpt's ONNX quantizer is not importable: pip install nvidia-modelopt onnx_graphsurgeon polygraphy "
-            "onnxslim onnxconverter-common lief (not the [onnx] extra: it replaces onnxruntime with onnxruntime-gpu)"
-        )
-    if backend == "ort" and precision == "fp8":
-        raise BackendUnavailableError(
-            "FP8 Q/DQ needs ModelOpt (onnxruntime's quantizer has no max-calibrated FP8): " + _MODELOPT_HINT
-        )
-    return backend
-
-
-@contextlib.contextmanager
-def _ort_quantization_restored():
-    """ModelOpt monkey-patches onnxruntime.quantization's calibrators and op registries on every
-    call; put them back afterwards so ``quantize_static`` (and anything else) works unchanged."""
-    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer, registry
-
-    classes = [calibrate.MinMaxCalibrater, calibrate.HistogramCalibrater, calibrate.HistogramCollector,
-               calibrate.CalibraterBase, qdq_quantizer.QDQQuantizer, base_quantizer.BaseQuantizer]  # fmt: skip
-    saved = [(c, dict(vars(c))) for c in classes]
-    modules = [(calibrate, "create_calibrator", calibrate.create_calibrator)]
-    registries = [(r, dict(r)) for r in (registry.QDQRegistry, registry.QLinearOpsRegistry)]
-    try:
-        yield
-    finally:
-        for cls, attrs in saved:
-            for k in set(vars(cls)) - set(attrs):
-                delattr(cls, k)
-            for k, v in attrs.items():
-                if vars(cls).get(k) is not v and not k.startswith("__dict__") and k != "__weakref__":
-                    setattr(cls, k, v)
-        for mod, name, value in modules:
-            setattr(mod, name, value)
-        for reg, content in registries:
-            reg.clear()
-            reg.update(content)
-
-
-def _run_modelopt(src, out, feeds, precision, plan, high_precision, method, external):
-    import onnxruntime as ort
-    from modelopt.onnx.quantization import quantize
-
-    eps = ["cuda:0", "cpu"] if "CUDAExecutionProvider" in ort.get_available_providers() else ["cpu"]
-    logging.getLogger("modelopt").setLevel(logging.WARNING)
-    with _ort_quantization_restored():
-        _modelopt_quantize(quantize, src, out, feeds, precision, plan, high_precision, method, external, eps)
-    import modelopt
-
-    return {"backend": "modelopt", "backend_version": modelopt.__version__, "calibration_eps": eps}
-
-
-def _modelopt_quantize(quantize, src, out, feeds, precision, plan, high_precision, method, external, eps):
-    quantize(
-        str(src), quantize_mode=precision, calibration_data_reader=_reader(feeds), calibration_eps=eps,
-        calibration_method=method, high_precision_dtype=high_precision, output_path=str(out), log_level="WARNING",
-        dq_only=True, op_types_to_quantize=list(COMPUTE_OPS), disable_mha_qdq=True,
-        nodes_to_exclude=[f"^{re.escape(n)}$" for n in plan.keep] or None, use_external_data_format=external,
-    )  # fmt: skip
-
-
-def _run_ort(src, out, feeds, precision, plan, method, external):
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    methods = {"max": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}  # fmt: skip
-    quantize_static(
-        str(src), str(out), _reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(COMPUTE_OPS),
-        nodes_to_exclude=list(plan.keep), calibrate_method=methods[method], use_external_data_format=external,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-    )  # fmt: skip
-    return {"backend": "onnxruntime.quantization", "backend_version": ort.__version__}
-
-
 @dataclass
 class QuantResult:
     path: Path
@@ -327,10 +205,18 @@ def quantize_onnx(
         )
     plan = plan_quantization(model, component, keep, quantize_attention)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-    settings = {"precision": precision, "component": component, "keep_patterns": list(plan.keep_patterns),
-                "quantize_attention": quantize_attention, "high_precision": high_precision,
-                "calibration_method": calibration_method, "calibration_samples": len(feeds),
-                "weights": "per-channel symmetric", "activations": "per-tensor symmetric", "plan": plan.summary()}  # fmt: skip
+    settings = {
+        "precision": precision,
+        "component": component,
+        "keep_patterns": list(plan.keep_patterns),
+        "quantize_attention": quantize_attention,
+        "high_precision": high_precision,
+        "calibration_method": calibration_method,
+        "calibration_samples": len(feeds),
+        "weights": "per-channel symmetric",
+        "activations": "per-tensor symmetric",
+        "plan": plan.summary(),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
     try:
@@ -343,19 +229,29 @@ def quantize_onnx(
             (tmp / loc).symlink_to((src.parent / loc).resolve())
         try:
             if backend == "modelopt":
-                settings.update(_run_modelopt(work, tmp_out, feeds, precision, plan, high_precision,
-                                              calibration_method, external))  # fmt: skip
+                settings.update(
+                    run_modelopt(
+                        work, tmp_out, feeds, precision, plan, high_precision, calibration_method, external
+                    )
+                )
             else:
-                settings.update(_run_ort(work, tmp_out, feeds, precision, plan, calibration_method, external))
+                settings.update(run_ort(work, tmp_out, feeds, precision, plan, calibration_method, external))
         except (InvalidInputError, ConfigError):
             raise
         except Exception as exc:  # noqa: BLE001 - a quantiser failure is reported with its cause
-            raise QuantizationError(f"{settings.get('backend', backend)} failed on {src.name}: "
-                                    f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+            raise QuantizationError(
+                f"{settings.get('backend', backend)} failed on {src.name}: {type(exc).__name__}: {exc}"
+            ) from exc
         qmodel = onnx.load(str(tmp_out), load_external_data=False)
         settings["kept_inputs_restored"] = restore_kept_inputs(qmodel, plan.keep)
-        meta = {"precision": precision, "component": component, "keep_nodes": sorted(plan.keep),
-                "min_coverage": min_coverage, "backend": settings["backend"], "high_precision": high_precision}  # fmt: skip
+        meta = {
+            "precision": precision,
+            "component": component,
+            "keep_nodes": sorted(plan.keep),
+            "min_coverage": min_coverage,
+            "backend": settings["backend"],
+            "high_precision": high_precision,
+        }
         _set_metadata(qmodel, {METADATA_KEY: json.dumps(meta), "unidg_rt.precision": precision})
         onnx.save(qmodel, str(tmp_out))
         report = validate_qdq(tmp_out, precision=precision, keep_nodes=plan.keep, min_coverage=min_coverage)
@@ -370,8 +266,15 @@ def quantize_onnx(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - t0
-    logger.info("quantised %s → %s (%s, %s) in %.1f s: coverage %.0f%%", src.name, out.name, precision,
-                settings["backend"], seconds, 100 * report.coverage)  # fmt: skip
+    logger.info(
+        "quantised %s → %s (%s, %s) in %.1f s: coverage %.0f%%",
+        src.name,
+        out.name,
+        precision,
+        settings["backend"],
+        seconds,
+        100 * report.coverage,
+    )
     return QuantResult(out, precision, plan, report, settings, seconds)
 
 
