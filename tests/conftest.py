@@ -18,10 +18,26 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # kernels run on CPU under Trito
 #: what scripts/test.sh installs (extras torch, export, kernels, text, ray, trt-rtx, quant + the dev
 #: group), as import names; CI must import every one of them
 CI_REQUIRED = (
-    "unidg_rt", "torch", "numpy", "onnx", "onnxscript", "onnxruntime", "triton", "transformers",
-    "tokenizers", "ray", "ray.data", "tensorrt_rtx_bindings", "modelopt.onnx.quantization",
-    "onnx_graphsurgeon", "polygraphy", "diffusers", "peft", "hypothesis", "pytest_benchmark",
-)  # fmt: skip
+    "unidg_rt",
+    "torch",
+    "numpy",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "triton",
+    "transformers",
+    "tokenizers",
+    "ray",
+    "ray.data",
+    "tensorrt_rtx_bindings",
+    "modelopt.onnx.quantization",
+    "onnx_graphsurgeon",
+    "polygraphy",
+    "diffusers",
+    "peft",
+    "hypothesis",
+    "pytest_benchmark",
+)
 #: skip reasons that mean "a dependency is missing" (importorskip's own wording included)
 DEPENDENCY_SKIP = re.compile(r"could not import|pip install|bindings missing|modelopt", re.IGNORECASE)
 
@@ -141,10 +157,12 @@ def tiny_checkpoint(tmp_path_factory):
     rng = np.random.default_rng(0)
     cfg = transformer.config
     entries = {
-        c: (rng.standard_normal((8, cfg.joint_attention_dim)).astype(np.float32),
-            rng.standard_normal(cfg.pooled_projection_dim).astype(np.float32))
+        c: (
+            rng.standard_normal((8, cfg.joint_attention_dim)).astype(np.float32),
+            rng.standard_normal(cfg.pooled_projection_dim).astype(np.float32),
+        )
         for c in ("scratch", "hole", "black_spot")
-    }  # fmt: skip
+    }
     EmbeddingsCache.save(folder / "embeddings.safetensors", entries)
     return path
 

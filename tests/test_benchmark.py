@@ -9,9 +9,18 @@ from unidg_rt.benchmark import BenchConfig, run_bench
 
 
 def test_bench_smoke_cpu():
-    cfg = BenchConfig(preset="tiny", height=32, width=32, steps=2, text_len=4, runs=2, warmup=1, device="cpu",
-                      dtype="float32", variants=("ours-eager", "ours-fast", "ours-fast-nobias", "ours-fast-fp8",
-                                                 "diffusers-eager"))  # fmt: skip
+    cfg = BenchConfig(
+        preset="tiny",
+        height=32,
+        width=32,
+        steps=2,
+        text_len=4,
+        runs=2,
+        warmup=1,
+        device="cpu",
+        dtype="float32",
+        variants=("ours-eager", "ours-fast", "ours-fast-nobias", "ours-fast-fp8", "diffusers-eager"),
+    )
     out = run_bench(cfg)
     res = out["results"]
     assert res["ours-eager"]["dit_step"]["runs"] == 2 and "median_ms" in res["ours-fast"]["dit_step"]
@@ -30,8 +39,19 @@ def test_bench_smoke_cpu():
 def test_bench_fast_path_switch_cpu():
     from unidg_rt.runtime.optimize import FastPathError
 
-    base = dict(preset="tiny", height=16, width=16, steps=1, text_len=4, runs=1, warmup=0, device="cpu",
-                dtype="float32", variants=("ours-fast",), e2e=False)  # fmt: skip
+    base = dict(
+        preset="tiny",
+        height=16,
+        width=16,
+        steps=1,
+        text_len=4,
+        runs=1,
+        warmup=0,
+        device="cpu",
+        dtype="float32",
+        variants=("ours-fast",),
+        e2e=False,
+    )
     partials = []
     out = run_bench(
         BenchConfig(**{**base, "variants": ("ours-eager", "ours-fast")}, fast_path="off"), partials.append

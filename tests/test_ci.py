@@ -131,8 +131,13 @@ def test_dependency_skip_fails_in_ci():
 
 def test_readme_verification_table_is_generated():
     """README's table = ``scripts/verification_table.py`` output, and no ✅ outside it."""
-    proc = subprocess.run([sys.executable, "scripts/verification_table.py", "--check"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "scripts/verification_table.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -151,11 +156,22 @@ def test_table_cells_and_last_run_results(tmp_path):
     """A tick needs tests CI runs; a gpu test cannot stand behind one; with the last run's junit
     files, a skipped, failed or missing test behind a tick is reported."""
     vt = _table_module()
-    items = {"tests/a/test_x.py::test_ok[1]": [], "tests/a/test_x.py::test_ok[2]": ["parametrize"],
-             "tests/a/test_x.py::test_gpu": ["gpu"], "tests/a/test_x.py::test_slow": ["slow", "trt"],
-             "tests/a/test_x.py::test_skipped": []}  # fmt: skip
-    rows = [{"component": "c", "cpu": ["tests/a/test_x.py::test_ok"], "cpu_note": "n", "trt": ["tests/a/test_x.py::test_slow"]},
-            {"component": "d", "cpu": ["tests/a/test_x.py::test_skipped"]}]  # fmt: skip
+    items = {
+        "tests/a/test_x.py::test_ok[1]": [],
+        "tests/a/test_x.py::test_ok[2]": ["parametrize"],
+        "tests/a/test_x.py::test_gpu": ["gpu"],
+        "tests/a/test_x.py::test_slow": ["slow", "trt"],
+        "tests/a/test_x.py::test_skipped": [],
+    }
+    rows = [
+        {
+            "component": "c",
+            "cpu": ["tests/a/test_x.py::test_ok"],
+            "cpu_note": "n",
+            "trt": ["tests/a/test_x.py::test_slow"],
+        },
+        {"component": "d", "cpu": ["tests/a/test_x.py::test_skipped"]},
+    ]
     assert vt.render(rows, items).splitlines()[2] == "| c | ✅ n | ✅ (slow run) | — |  |"
     assert vt.row_tests({"cpu": ["tests/a/test_x.py"]}, "cpu", items) == sorted(
         set(items) - {"tests/a/test_x.py::test_gpu"}

@@ -21,9 +21,13 @@ diffusers = pytest.importorskip("diffusers")
 
 def _scheduler():
     return diffusers.FlowMatchEulerDiscreteScheduler(
-        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-        max_image_seq_len=4096, time_shift_type="exponential",
-    )  # fmt: skip
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        time_shift_type="exponential",
+    )
 
 
 @pytest.mark.parametrize("steps,seq", [(1, 64), (8, 2048), (28, 1024), (50, 4608)])

@@ -27,12 +27,21 @@ def _report_module():
 
 
 def _run(tmp_path, **env):
-    full = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_WORK": str(tmp_path / "work"),
-            "OUT": str(tmp_path / "out"), **env}  # fmt: skip
+    full = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "GPU_CHECK_WORK": str(tmp_path / "work"),
+        "OUT": str(tmp_path / "out"),
+        **env,
+    }
     return subprocess.run(
         ["bash", str(SCRIPT), "--dry-run", "--results-dir", str(tmp_path / "results")],
-        capture_output=True, text=True, env=full, cwd=REPO, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=full,
+        cwd=REPO,
+        timeout=600,
+    )
 
 
 def test_script_is_strict_bash():
@@ -89,12 +98,15 @@ def test_unknown_argument_is_refused(tmp_path):
 
 def test_report_targets_and_names():
     mod = _report_module()
-    bench = {"config": {"steps": 8}, "results": {
-        "ours-fast": {"dit_step": {"median_ms": 50.0}, "e2e_8_steps": {"median_ms": 500.0}},
-        "ours-fast-nobias": {"dit_step": {"median_ms": 49.0}},
-        "ours-fast-fp8": {"skipped": "no FP8"},
-        "diffusers-eager": {"dit_step": {"median_ms": 100.0}},
-    }}  # fmt: skip
+    bench = {
+        "config": {"steps": 8},
+        "results": {
+            "ours-fast": {"dit_step": {"median_ms": 50.0}, "e2e_8_steps": {"median_ms": 500.0}},
+            "ours-fast-nobias": {"dit_step": {"median_ms": 49.0}},
+            "ours-fast-fp8": {"skipped": "no FP8"},
+            "diffusers-eager": {"dit_step": {"median_ms": 100.0}},
+        },
+    }
     t = mod.targets({512: bench})
     assert t["dit_step_fast_vs_diffusers@512"] == {"value": 0.5, "target": "<= 0.6", "met": True}
     assert (

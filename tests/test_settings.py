@@ -20,9 +20,17 @@ def test_fast_path_defaults_to_auto():
 
 @pytest.mark.parametrize(
     "raw,expected",
-    [("auto", "auto"), ("on", "on"), ("OFF", "off"), ("true", "on"), ("1", "on"), ("false", "off"),
-     ("0", "off"), ("yes", "on")],
-)  # fmt: skip
+    [
+        ("auto", "auto"),
+        ("on", "on"),
+        ("OFF", "off"),
+        ("true", "on"),
+        ("1", "on"),
+        ("false", "off"),
+        ("0", "off"),
+        ("yes", "on"),
+    ],
+)
 def test_fast_path_from_environment(monkeypatch, raw, expected):
     monkeypatch.setenv("UNIDG_FAST_PATH", raw)
     assert load_settings().fast_path == expected
@@ -62,7 +70,9 @@ def test_settings_spell_forms_precisions_and_paste_modes_from_the_shared_words()
     fields = Settings.model_fields
 
     def choices(name):
-        return next(typing.get_args(a) for a in typing.get_args(fields[name].annotation) if a is not type(None))
+        return next(
+            typing.get_args(a) for a in typing.get_args(fields[name].annotation) if a is not type(None)
+        )
 
     assert choices("precision") == PRECISIONS
     assert choices("attention_form") == RUNNABLE_FORMS

@@ -182,7 +182,9 @@ class SegmentSchedule:
     @classmethod
     def coerce(cls, segments) -> SegmentSchedule | None:
         """A schedule, its data (see :meth:`from_data`) or ``None`` → a schedule or ``None``."""
-        return segments if isinstance(segments, SegmentSchedule) or segments is None else cls.from_data(segments)
+        return (
+            segments if isinstance(segments, SegmentSchedule) or segments is None else cls.from_data(segments)
+        )
 
     @classmethod
     def from_data(cls, data: Any) -> SegmentSchedule:

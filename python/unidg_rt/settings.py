@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attention_form: Literal[RUNNABLE_FORMS] | None = Field(
-        None, description="torch: reference/fold/triton/sdpa; onnxruntime: an exported graph form; None = default"
+        None,
+        description="torch: reference/fold/triton/sdpa; onnxruntime: an exported graph form; None = default",
     )
     height: int | None = Field(None, description="per-side generation height (multiple of 16)")
     width: int | None = Field(None, description="per-side generation width (multiple of 16)")

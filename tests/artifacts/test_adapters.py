@@ -48,8 +48,14 @@ def test_a_graph_without_the_card_adapter_is_refused_with_the_fix():
 
 
 def test_manifest_entries_list_the_carried_adapters():
-    side = {"component": "transformer", "attention_form": "fold", "precision": "int8", "opset": 18,
-            "onnx_file": "t.onnx", "spec": {"attrs": {"adapters": ["apo"]}}}  # fmt: skip
+    side = {
+        "component": "transformer",
+        "attention_form": "fold",
+        "precision": "int8",
+        "opset": 18,
+        "onnx_file": "t.onnx",
+        "spec": {"attrs": {"adapters": ["apo"]}},
+    }
     assert manifest_entry(side)["adapters"] == ["apo"] == artifact_adapters(side)
     vae = {**side, "component": "vae_decoder", "spec": {"attrs": {}}}
     assert "adapters" not in manifest_entry(vae) and artifact_adapters(vae) == []

@@ -48,9 +48,25 @@ def test_flags_win_over_the_profile(run_cli, recorded, tmp_path):
     profile.write_text(
         'builder = "tensorrt"\ntargets = ["8.7"]\nprecision = "bf16"\nrefit = true\nopt_level = 2\n'
     )
-    run = run_cli("build", onnx_dir, "--profile", profile, "--builder", "tensorrt-rtx", "--target", "8.9",
-                  "--target", "12.0", "--precision", "fp16", "--no-refit", "--opt-level", "5",
-                  "--out", tmp_path / "plans")  # fmt: skip
+    run = run_cli(
+        "build",
+        onnx_dir,
+        "--profile",
+        profile,
+        "--builder",
+        "tensorrt-rtx",
+        "--target",
+        "8.9",
+        "--target",
+        "12.0",
+        "--precision",
+        "fp16",
+        "--no-refit",
+        "--opt-level",
+        "5",
+        "--out",
+        tmp_path / "plans",
+    )
     assert run.code == 0, run.stderr
     (call,) = calls
     assert call["onnx"] == "transformer.fold.fp16.onnx"
@@ -93,8 +109,17 @@ def test_export_and_build_with_the_rtx_ada_profile(run_cli, tiny_checkpoint, tmp
     )
     pytest.importorskip("onnxscript", reason="the exporter needs the export extra (onnx, onnxscript)")
     onnx_dir = tmp_path / "onnx"
-    run = run_cli("export", "--weights", tiny_checkpoint, "--profile", "rtx-ada", "--components", "transformer",
-                  "--out", onnx_dir)  # fmt: skip
+    run = run_cli(
+        "export",
+        "--weights",
+        tiny_checkpoint,
+        "--profile",
+        "rtx-ada",
+        "--components",
+        "transformer",
+        "--out",
+        onnx_dir,
+    )
     assert run.code == 0, run.stderr
     run = run_cli("build", onnx_dir, "--profile", "rtx-ada", "--out", tmp_path / "plans", "--json")
     assert run.code == 0, run.stderr

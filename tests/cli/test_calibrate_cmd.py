@@ -9,11 +9,24 @@ import json
 def test_calibrate_listed_sample_case(run_cli, tiny_checkpoint, tmp_path):
     sample = "unidg_rt:assets/samples/"
     manifest = tmp_path / "line.json"
-    manifest.write_text(json.dumps({
-        "num_inference_steps": 2, "capture_steps": [0], "num_cases": 0,
-        "cases": [{"name": "sample", "image": sample + "target.png", "mask": sample + "target_mask.png",
-                   "reference": sample + "reference.png", "reference_mask": sample + "reference_mask.png"}],
-    }))  # fmt: skip
+    manifest.write_text(
+        json.dumps(
+            {
+                "num_inference_steps": 2,
+                "capture_steps": [0],
+                "num_cases": 0,
+                "cases": [
+                    {
+                        "name": "sample",
+                        "image": sample + "target.png",
+                        "mask": sample + "target_mask.png",
+                        "reference": sample + "reference.png",
+                        "reference_mask": sample + "reference_mask.png",
+                    }
+                ],
+            }
+        )
+    )
     run = run_cli(
         "calibrate", "--manifest", manifest, "--weights", tiny_checkpoint, "--out", tmp_path / "cal"
     )

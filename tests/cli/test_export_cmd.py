@@ -30,8 +30,18 @@ def test_export_with_lora(run_cli, tiny_checkpoint, tmp_path):
     manager.add("x", rank=2)
     lora = manager.save("x", tmp_path / "x.safetensors")
     torch.manual_seed(0)
-    run = run_cli("export", "--weights", tiny_checkpoint, "--out", tmp_path / "o", "--components", "transformer",
-                  "--lora", f"ink={lora}@0.5", "--json")  # fmt: skip
+    run = run_cli(
+        "export",
+        "--weights",
+        tiny_checkpoint,
+        "--out",
+        tmp_path / "o",
+        "--components",
+        "transformer",
+        "--lora",
+        f"ink={lora}@0.5",
+        "--json",
+    )
     assert run.code == 0, run.stderr
     manifest = json.loads(run.stdout)
     assert manifest["adapters"]["ink"]["strength"] == 0.5
@@ -49,8 +59,18 @@ def test_export_with_profile_flags_win(run_cli, tiny_checkpoint, tmp_path):
         'description = "test line"\nforms = ["decomposed"]\nprecision = "fp16"\ncomponents = ["transformer"]\n'
         "[ranges.small]\nbatch = [1, 1, 2]\n[ranges.fixed]\nsides = [48, 48, 48]\ntext = [8, 8, 8]\n"
     )
-    run = run_cli("export", "--weights", tiny_checkpoint, "--profile", profile, "--precision", "fp32",
-                  "--out", tmp_path / "o", "--json")  # fmt: skip
+    run = run_cli(
+        "export",
+        "--weights",
+        tiny_checkpoint,
+        "--profile",
+        profile,
+        "--precision",
+        "fp32",
+        "--out",
+        tmp_path / "o",
+        "--json",
+    )
     assert run.code == 0, run.stderr
     manifest = json.loads(run.stdout)
     assert manifest["precision"] == "fp32" and manifest["attention_form"] == "decomposed"

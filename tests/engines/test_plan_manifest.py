@@ -23,8 +23,15 @@ PROFILE = {"hidden_states": ((1, 4, 8), (1, 16, 8), (2, 64, 8))}
 @pytest.fixture
 def plan(fake_trt, tiny_onnx, tmp_path):
     """A plan + sidecar written by build_engine over the fake TensorRT-RTX bindings (sm89)."""
-    return build_engine(tiny_onnx, tmp_path / "plans", builder="tensorrt-rtx", precision="fp16",
-                        profiles=PROFILE, target="8.9", trt_module=fake_trt("rtx"))  # fmt: skip
+    return build_engine(
+        tiny_onnx,
+        tmp_path / "plans",
+        builder="tensorrt-rtx",
+        precision="fp16",
+        profiles=PROFILE,
+        target="8.9",
+        trt_module=fake_trt("rtx"),
+    )
 
 
 def test_cc_and_target_vocabulary():
@@ -44,9 +51,13 @@ def test_plan_name_round_trip():
     name = mf.plan_name("transformer-fold", "fp16", "sm86_sm89", "tensorrt-rtx", "1.7.1.116", "ab" * 32)
     assert name == "transformer-fold.fp16.sm86_sm89.trtrtx-1.7.1.116.abababababab.plan"
     assert mf.parse_plan_name(name) == {
-        "component": "transformer-fold", "precision": "fp16", "target": "sm86_sm89",
-        "builder": "tensorrt-rtx", "builder_version": "1.7.1.116", "onnx_hash": "abababababab",
-    }  # fmt: skip
+        "component": "transformer-fold",
+        "precision": "fp16",
+        "target": "sm86_sm89",
+        "builder": "tensorrt-rtx",
+        "builder_version": "1.7.1.116",
+        "onnx_hash": "abababababab",
+    }
     assert (
         mf.parse_plan_name("vae_decoder.fp16.sm87.trt-10.3.0.30.0123456789ab.plan")["builder"] == "tensorrt"
     )
@@ -126,11 +137,21 @@ def test_refuses_foreign_or_tampered_plans(plan):
 
 
 def test_rtx_portable_and_ampere_plus_targets():
-    portable = {"builder": "tensorrt-rtx", "target": {"compute_capabilities": None,
-                "builder_supported": ["7.5", "8.0", "8.6", "8.9", "12.0", "12.1"]}}  # fmt: skip
+    portable = {
+        "builder": "tensorrt-rtx",
+        "target": {
+            "compute_capabilities": None,
+            "builder_supported": ["7.5", "8.0", "8.6", "8.9", "12.0", "12.1"],
+        },
+    }
     assert [mf.runs_on(portable, c) for c in ("8.6", "8.9", "12.0", "7.5", "9.0", "8.7")] == [
-        True, True, True, False, False, False,
-    ]  # fmt: skip
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
     amp = {"builder": "tensorrt", "target": {"hardware_compatibility": "AMPERE_PLUS"}}
     assert mf.runs_on(amp, "9.0") and not mf.runs_on(amp, "7.5")
 
@@ -155,8 +176,16 @@ def test_cli_inspect_plan(plan):
 def _three_roles(fake_trt, tmp_path, tiny_onnx, **kw):
     out = tmp_path / "plans"
     for tag in ("transformer-decomposed", "transformer-fold", "vae_encoder", "vae_decoder"):
-        build_engine(tiny_onnx, out, builder="tensorrt-rtx", precision="fp16", profiles=PROFILE,
-                     component=tag, trt_module=fake_trt("rtx"), **kw)  # fmt: skip
+        build_engine(
+            tiny_onnx,
+            out,
+            builder="tensorrt-rtx",
+            precision="fp16",
+            profiles=PROFILE,
+            component=tag,
+            trt_module=fake_trt("rtx"),
+            **kw,
+        )
     return out
 
 
@@ -179,10 +208,19 @@ def test_select_plans_prefers_fold_and_refuses_wrong_gpu(fake_trt, tmp_path, tin
     # facts are read from the sidecar, never guessed from tensor shapes: a plan built from a
     # graph without its exported folder's manifest is refused with the rebuild command
     path, manifest = chosen["transformer"]
-    with pytest.raises(WeightsError, match="lacks the pipeline facts .*rebuild it with `unidg-rt build ONNX_DIR`"):
+    with pytest.raises(
+        WeightsError, match="lacks the pipeline facts .*rebuild it with `unidg-rt build ONNX_DIR`"
+    ):
         card_from_plan(manifest.get("metadata") or {}, out, path.name)
-    facts = {"text_seq_len": 8, "joint_attention_dim": 32, "pooled_projection_dim": 16, "latent_channels": 2,
-             "vae_scale_factor": 8, "guidance_embeds": False, "defaults": {"height": 64}}  # fmt: skip
+    facts = {
+        "text_seq_len": 8,
+        "joint_attention_dim": 32,
+        "pooled_projection_dim": 16,
+        "latent_channels": 2,
+        "vae_scale_factor": 8,
+        "guidance_embeds": False,
+        "defaults": {"height": 64},
+    }
     card = card_from_plan(facts, out, path.name)
     assert card.facts.latent_channels == 2 and card.facts.guidance_embeds is False
     assert card.defaults.height == 64 and card.base == out
@@ -195,8 +233,16 @@ def test_select_plans_takes_the_reference_encoder_when_built(fake_trt, tmp_path,
 
     out = _three_roles(fake_trt, tmp_path, tiny_onnx, target="8.9")
     assert "reference_encoder" not in select_plans(out, "8.9")
-    build_engine(tiny_onnx, out, builder="tensorrt-rtx", precision="fp16", profiles=PROFILE,
-                 component="reference_encoder", target="8.9", trt_module=fake_trt("rtx"))  # fmt: skip
+    build_engine(
+        tiny_onnx,
+        out,
+        builder="tensorrt-rtx",
+        precision="fp16",
+        profiles=PROFILE,
+        component="reference_encoder",
+        target="8.9",
+        trt_module=fake_trt("rtx"),
+    )
     chosen = select_plans(out, "8.9")
     assert set(chosen) == {"transformer", "vae_encoder", "vae_decoder", "reference_encoder"}
     assert chosen["reference_encoder"][1]["component"] == "reference_encoder"
@@ -259,8 +305,12 @@ def test_trt_runner_feed_adaptation_matches_ort():
     ort = OrtTransformerRunner.__new__(OrtTransformerRunner)
     ort.component, ort.input_names = "transformer", names
     ort._shapes = {"group_bias": (4, 2, 6, 6)}
-    ort._dtypes = {"hidden_states": np.float32, "encoder_hidden_states": np.float32, "token_groups": np.int64,
-                   "group_bias": np.float32}  # fmt: skip
+    ort._dtypes = {
+        "hidden_states": np.float32,
+        "encoder_hidden_states": np.float32,
+        "token_groups": np.int64,
+        "group_bias": np.float32,
+    }
 
     def same_as_ort(feed):
         trt_feed, ort_feed = runner._adapt(feed), ort.prepare(feed)

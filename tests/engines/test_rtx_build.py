@@ -31,8 +31,16 @@ from unidg_rt.errors import EngineMismatchError  # noqa: E402
 #: three RTX generations (Ampere, Ada, Blackwell) in one plan per component
 ALL_RTX = ["8.6", "8.9", "12.0"]
 #: per component: compute capabilities to AOT-build for
-TARGETS = {tag: ALL_RTX for tag in ("transformer-fold", "transformer-decomposed", "vae_encoder", "vae_decoder",
-                                    "reference_encoder")}  # fmt: skip
+TARGETS = {
+    tag: ALL_RTX
+    for tag in (
+        "transformer-fold",
+        "transformer-decomposed",
+        "vae_encoder",
+        "vae_decoder",
+        "reference_encoder",
+    )
+}
 
 
 def _default_arch():
@@ -220,13 +228,22 @@ def test_plugin_form_cannot_build_without_plugin(tmp_path, rtx_reports):
     qkv = [helper.make_tensor_value_info(n, TensorProto.FLOAT16, [1, 2, 8, 16]) for n in "qkv"]
     groups = helper.make_tensor_value_info("token_groups", TensorProto.INT64, [8])
     bias = numpy_helper.from_array(np.zeros((2, 6, 6), np.float16), "group_bias")
-    node = helper.make_node("GroupBiasAttention", ["q", "k", "v", "token_groups", "group_bias"], ["out"],
-                            domain="unidg", scale=0.25)  # fmt: skip
+    node = helper.make_node(
+        "GroupBiasAttention",
+        ["q", "k", "v", "token_groups", "group_bias"],
+        ["out"],
+        domain="unidg",
+        scale=0.25,
+    )
     out = helper.make_tensor_value_info("out", TensorProto.FLOAT16, [1, 2, 8, 16])
     graph = helper.make_graph([node], "plugin", [*qkv, groups], [out], [bias])
     path = tmp_path / "transformer.plugin.fp16.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("unidg", 1)]),
-              str(path))  # fmt: skip
+    onnx.save(
+        helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("unidg", 1)]
+        ),
+        str(path),
+    )
     with pytest.raises(EngineBuildError) as err:
         build_engine(path, tmp_path / "plans", builder="tensorrt-rtx", precision="fp16", target="8.9")
     msg = str(err.value)
@@ -243,8 +260,23 @@ def test_cli_build_and_inspect(exported, tmp_path):
 
     onnx_dir = exported["vae_decoder"].parent
     out = tmp_path / "plans"
-    res = CliRunner().invoke(app, ["build", str(onnx_dir), "--builder", "tensorrt-rtx", "--target", "8.9",
-                                   "--precision", "fp16", "--component", "vae_decoder", "--out", str(out)])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "build",
+            str(onnx_dir),
+            "--builder",
+            "tensorrt-rtx",
+            "--target",
+            "8.9",
+            "--precision",
+            "fp16",
+            "--component",
+            "vae_decoder",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     (plan,) = out.glob("vae_decoder.fp16.sm89.trtrtx-*.plan")
     res = CliRunner().invoke(app, ["inspect", str(plan)])

@@ -9,8 +9,19 @@ import pytest
 
 from unidg_rt.evaluation import Variant, build_eval_set, default_variants, evaluate, report_markdown
 
-METRICS = {"presence_mean", "presence_rate", "background_max_error", "consistency", "diversity", "fd",
-           "s_per_image", "consistency_by_category", "consistency_by_mode", "images", "predicted_share"}  # fmt: skip
+METRICS = {
+    "presence_mean",
+    "presence_rate",
+    "background_max_error",
+    "consistency",
+    "diversity",
+    "fd",
+    "s_per_image",
+    "consistency_by_category",
+    "consistency_by_mode",
+    "images",
+    "predicted_share",
+}
 
 
 @pytest.fixture(scope="module")

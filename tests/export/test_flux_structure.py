@@ -93,6 +93,8 @@ def test_flux_fill_reduced_depth_real_export(tmp_path):
     feed = spec.sample_inputs({"batch": 1, "img_tokens": 8, "text_tokens": 4})
     report = verify_onnx(result.path, wrap("transformer", model, spec), spec, [feed], atol=1e-3)
     assert report.passed, report.to_dict()
-    print(f"FLUX-Fill 1+1 fold export: {elapsed:.1f} s, {result.info['total_bytes'] / 1e9:.2f} GB, "
-          f"parity {report.worst:.2e}")  # fmt: skip
+    print(
+        f"FLUX-Fill 1+1 fold export: {elapsed:.1f} s, {result.info['total_bytes'] / 1e9:.2f} GB, "
+        f"parity {report.worst:.2e}"
+    )
     assert np.isfinite(report.worst)

@@ -57,9 +57,13 @@ def test_manifest_is_self_describing(onnx_dir, onnx_export):
     manifest = json.loads((onnx_dir / "unidg_onnx.json").read_text())
     assert manifest["format"] == "unidg-onnx/1"
     assert manifest["pipeline"] == {
-        "text_seq_len": 8, "joint_attention_dim": 32, "pooled_projection_dim": 16,
-        "latent_channels": 16, "vae_scale_factor": 8, "guidance_embeds": True,
-    }  # fmt: skip
+        "text_seq_len": 8,
+        "joint_attention_dim": 32,
+        "pooled_projection_dim": 16,
+        "latent_channels": 16,
+        "vae_scale_factor": 8,
+        "guidance_embeds": True,
+    }
     assert manifest["attention_form"] == "fold" and manifest["precision"] == "fp32"
     files = sorted(a["onnx_file"] for a in manifest["artifacts"])
     assert files == [
@@ -137,10 +141,16 @@ def test_precision_pick_is_explicit_for_the_transformer_and_most_precise_for_the
     def art(component, precision, form=None):
         return {"component": component, "precision": precision, "attention_form": form, "file": "x"}
 
-    manifest = {"precision": "int8", "attention_form": "decomposed", "artifacts": [
-        art("transformer", "fp32", "decomposed"), art("transformer", "int8", "decomposed"),
-        art("vae_decoder", "fp16"), art("vae_decoder", "fp32"),
-    ]}  # fmt: skip
+    manifest = {
+        "precision": "int8",
+        "attention_form": "decomposed",
+        "artifacts": [
+            art("transformer", "fp32", "decomposed"),
+            art("transformer", "int8", "decomposed"),
+            art("vae_decoder", "fp16"),
+            art("vae_decoder", "fp32"),
+        ],
+    }
     assert _pick(manifest, "transformer", None, None)["precision"] == "int8"
     assert _pick(manifest, "transformer", None, "fp32")["precision"] == "fp32"
     assert _pick(manifest, "transformer", None, "fp8")["precision"] == "fp32"  # most precise

@@ -91,8 +91,13 @@ def test_ort_graph_matches_torch_fp32(ref_export):
 
     out, manifest = ref_export
     (art,) = manifest["artifacts"]
-    assert art == {"component": "reference_encoder", "attention_form": "default", "precision": "fp32",
-                   "opset": 18, "onnx_file": "reference_encoder.default.fp32.onnx"}  # fmt: skip
+    assert art == {
+        "component": "reference_encoder",
+        "attention_form": "default",
+        "precision": "fp32",
+        "opset": 18,
+        "onnx_file": "reference_encoder.default.fp32.onnx",
+    }
     session = _session(out / art["onnx_file"])
     assert [(i.name, i.shape) for i in session.get_inputs()] == [("images", ["batch", 3, 48, 48])]
     assert [o.name for o in session.get_outputs()] == ["encoder_hidden_states", "pooled_projections"]

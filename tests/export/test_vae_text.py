@@ -55,14 +55,30 @@ def tiny_text_models():
 
     torch.manual_seed(0)
     clip = tf.CLIPTextModel(
-        tf.CLIPTextConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                          num_attention_heads=2, max_position_embeddings=16, projection_dim=16,
-                          bos_token_id=98, eos_token_id=99, pad_token_id=0)
-    ).eval()  # fmt: skip
+        tf.CLIPTextConfig(
+            vocab_size=100,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            projection_dim=16,
+            bos_token_id=98,
+            eos_token_id=99,
+            pad_token_id=0,
+        )
+    ).eval()
     t5 = tf.T5EncoderModel(
-        tf.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                    feed_forward_proj="gated-gelu")
-    ).eval()  # fmt: skip
+        tf.T5Config(
+            vocab_size=100,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+        )
+    ).eval()
     return {"clip": clip, "t5": t5}
 
 

@@ -102,8 +102,14 @@ def test_loading_peak_ram_about_one_times_weights(tmp_path):
     import subprocess
     import sys
 
-    cfg = FluxConfig.tiny(num_attention_heads=8, attention_head_dim=64, axes_dims_rope=(16, 24, 24),
-                          joint_attention_dim=256, num_layers=2, num_single_layers=3)  # fmt: skip
+    cfg = FluxConfig.tiny(
+        num_attention_heads=8,
+        attention_head_dim=64,
+        axes_dims_rope=(16, 24, 24),
+        joint_attention_dim=256,
+        num_layers=2,
+        num_single_layers=3,
+    )
     t = FluxTransformer(cfg)
     path = save_checkpoint(tmp_path / "big.safetensors", t, None)
     size_mb = path.stat().st_size / 2**20

@@ -14,9 +14,16 @@ diffusers = pytest.importorskip("diffusers")
 CONFIGS = {
     "fill+guidance": FluxConfig.tiny(fill=True, guidance=True),
     "plain": FluxConfig.tiny(fill=False, guidance=False),
-    "wider": FluxConfig.tiny(fill=True, guidance=True, num_layers=1, num_single_layers=3, num_attention_heads=3,
-                             attention_head_dim=32, axes_dims_rope=(8, 12, 12)),
-}  # fmt: skip
+    "wider": FluxConfig.tiny(
+        fill=True,
+        guidance=True,
+        num_layers=1,
+        num_single_layers=3,
+        num_attention_heads=3,
+        attention_head_dim=32,
+        axes_dims_rope=(8, 12, 12),
+    ),
+}
 
 
 def _ids(h, w):

@@ -17,8 +17,14 @@ from unidg_rt.models.redux import ImagePromptEncoder, ReduxProjector, load_redux
 def encoder_dirs(tmp_path_factory):
     transformers = pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("redux")
-    cfg = transformers.SiglipVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=1,
-                                          num_attention_heads=2, image_size=32, patch_size=8)  # fmt: skip
+    cfg = transformers.SiglipVisionConfig(
+        hidden_size=24,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
     torch.manual_seed(0)
     transformers.SiglipVisionModel(cfg).save_pretrained(root / "siglip")
     transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "siglip")

@@ -14,8 +14,15 @@ from types import SimpleNamespace
 import pytest
 
 TINY_CATEGORIES = ("scratch", "hole", "black spot")
-CALIBRATION = {"seed": 11, "num_cases": 4, "categories": ["scratch", "hole", "black spot"], "image_size": 96,
-               "text_mode_fraction": 0.5, "num_inference_steps": 3, "capture_steps": [0, 1, 2]}  # fmt: skip
+CALIBRATION = {
+    "seed": 11,
+    "num_cases": 4,
+    "categories": ["scratch", "hole", "black spot"],
+    "image_size": 96,
+    "text_mode_fraction": 0.5,
+    "num_inference_steps": 3,
+    "capture_steps": [0, 1, 2],
+}
 
 
 @pytest.fixture(autouse=True)
@@ -55,8 +62,13 @@ def quantized(calibrated):
     shutil.copytree(calibrated.onnx_dir, onnx_dir)
     precisions = ["int8", "fp8"] if modelopt_available() else ["int8"]
     results = {p: quantize_folder(onnx_dir, calibrated.cal, p)[0] for p in precisions}
-    return SimpleNamespace(onnx_dir=onnx_dir, cal=calibrated.cal, results=results, precisions=precisions,
-                           paths={p: onnx_dir / r["file"] for p, r in results.items()})  # fmt: skip
+    return SimpleNamespace(
+        onnx_dir=onnx_dir,
+        cal=calibrated.cal,
+        results=results,
+        precisions=precisions,
+        paths={p: onnx_dir / r["file"] for p, r in results.items()},
+    )
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,16 @@ from unidg_rt.runtime.pipeline import UniDGPipeline
 
 
 def _manifest(tmp_path, **kw):
-    m = {"seed": 5, "num_cases": 2, "categories": ["scratch", "hole"], "image_size": 96, "text_mode_fraction": 0.5,
-         "num_inference_steps": 3, "capture_steps": [0, 2], **kw}  # fmt: skip
+    m = {
+        "seed": 5,
+        "num_cases": 2,
+        "categories": ["scratch", "hole"],
+        "image_size": 96,
+        "text_mode_fraction": 0.5,
+        "num_inference_steps": 3,
+        "capture_steps": [0, 2],
+        **kw,
+    }
     p = tmp_path / "m.json"
     p.write_text(json.dumps(m))
     return load_manifest(p)
@@ -119,10 +127,15 @@ def test_capture_listed_sample_cases(tiny_checkpoint, tmp_path):
     pipeline crops both to its generation size."""
     sample = "unidg_rt:assets/samples/"
     cases = [
-        {"image": sample + "target.png", "mask": sample + "target_mask.png", "reference": sample + "reference.png",
-         "reference_mask": sample + "reference_mask.png", "seed": 0},
+        {
+            "image": sample + "target.png",
+            "mask": sample + "target_mask.png",
+            "reference": sample + "reference.png",
+            "reference_mask": sample + "reference_mask.png",
+            "seed": 0,
+        },
         {"image": sample + "target.png", "mask": sample + "target_mask.png", "category": "hole", "seed": 1},
-    ]  # fmt: skip
+    ]
     pipe = UniDGPipeline.from_pretrained(tiny_checkpoint)
     manifest = _manifest(tmp_path, cases=cases, num_cases=1, capture_steps=[0])
     capture(pipe, manifest, tmp_path / "cal")

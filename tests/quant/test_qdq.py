@@ -26,15 +26,25 @@ def test_plan_keeps_first_last_modulation_and_attention(calibrated):
     plan = plan_quantization(calibrated.fp32)
     assert not plan.unmapped  # every MatMul/Gemm knows its module (exporter name scopes)
     kept = {plan.modules[n] for n in plan.keep}
-    for module in ("x_embedder", "context_embedder", "proj_out", "norm_out.linear",
-                   "time_text_embed.timestep_embedder.linear_1", "transformer_blocks.0.norm1.linear",
-                   "transformer_blocks.1.norm1_context.linear", "single_transformer_blocks.1.norm.linear"):  # fmt: skip
+    for module in (
+        "x_embedder",
+        "context_embedder",
+        "proj_out",
+        "norm_out.linear",
+        "time_text_embed.timestep_embedder.linear_1",
+        "transformer_blocks.0.norm1.linear",
+        "transformer_blocks.1.norm1_context.linear",
+        "single_transformer_blocks.1.norm.linear",
+    ):
         assert module in kept, module
     attention = [n for n, r in plan.keep.items() if r.startswith("attention")]
     assert len(attention) == 2 * LAYERS  # QKᵀ and PV per layer
     quantised = {plan.modules[n] for n in plan.to_quantize}
-    assert {"transformer_blocks.0.attn.to_q", "transformer_blocks.1.ff.net.2",
-            "single_transformer_blocks.0.proj_out"} <= quantised  # fmt: skip
+    assert {
+        "transformer_blocks.0.attn.to_q",
+        "transformer_blocks.1.ff.net.2",
+        "single_transformer_blocks.0.proj_out",
+    } <= quantised
     assert not any(m.startswith(("x_embedder", "time_text_embed", "norm_out")) for m in quantised)
     everything = plan_quantization(calibrated.fp32, keep=(), quantize_attention=True)
     assert not everything.keep
@@ -82,8 +92,11 @@ def test_validation_catches_bad_graphs(quantized, calibrated, tmp_path):
     assert any("coverage" in p for p in validate_qdq(path, min_coverage=1.01).problems)
     model = onnx.load(str(path))
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
-    quantised = next(n.name for n in model.graph.node
-                     if n.op_type == "MatMul" and producer.get(n.input[0]) == "DequantizeLinear")  # fmt: skip
+    quantised = next(
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and producer.get(n.input[0]) == "DequantizeLinear"
+    )
     assert any("has a quantised input" in p for p in validate_qdq(path, keep_nodes=[quantised]).problems)
     # a non-zero zero point (asymmetric) and a custom-domain Q/DQ
     bad = onnx.load(str(path))

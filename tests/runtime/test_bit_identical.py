@@ -37,15 +37,27 @@ for _backend in ("torch", "ort-fold", "ort-decomposed"):
         (f"{_backend}/reference", _backend, {"mode": "reference", "seed": 7}),
         (f"{_backend}/text", _backend, {"mode": "text", "defect_category": "scratch", "seed": 11}),
     ]
-for _backend in ("torch", "ort-fold"):  # a table of calls, one row each
+for _backend in ("torch", "ort-fold"):
     CALLS += [
-        (f"{_backend}/reference-replace-batch2", _backend,
-         {"mode": "reference", "seed": 3, "paste_mode": "replace", "num_images_per_prompt": 2}),
+        (
+            f"{_backend}/reference-replace-batch2",
+            _backend,
+            {"mode": "reference", "seed": 3, "paste_mode": "replace", "num_images_per_prompt": 2},
+        ),
         (f"{_backend}/reference-cfg", _backend, {"mode": "reference", "seed": 5, "segments": REFERENCE_CFG}),
-        (f"{_backend}/text-latent", _backend,
-         {"mode": "text", "defect_category": "hole", "seed": 13, "output_type": "latent",
-          "num_inference_steps": 4, "guidance_scale": 5.0}),
-    ]  # fmt: skip
+        (
+            f"{_backend}/text-latent",
+            _backend,
+            {
+                "mode": "text",
+                "defect_category": "hole",
+                "seed": 13,
+                "output_type": "latent",
+                "num_inference_steps": 4,
+                "guidance_scale": 5.0,
+            },
+        ),
+    ]
 
 
 def _inputs() -> dict[str, np.ndarray]:

@@ -251,8 +251,16 @@ def test_fast_path_pipeline_equals_eager_shipped_model(monkeypatch):
     img = (rng.random((80, 90, 3)) * 255).astype(np.uint8)
     mask = np.zeros((80, 90), bool)
     mask[30:50, 30:60] = True
-    kw = dict(image=img, mask_image=mask, reference_image=img.copy(), reference_mask=mask, height=48, width=48,
-              num_inference_steps=4, seed=1)  # fmt: skip
+    kw = dict(
+        image=img,
+        mask_image=mask,
+        reference_image=img.copy(),
+        reference_mask=mask,
+        height=48,
+        width=48,
+        num_inference_steps=4,
+        seed=1,
+    )
     a = eager(**kw, output_type="latent").images
     b = fast(**kw, output_type="latent").images
     assert (a - b).abs().max() <= 1e-5

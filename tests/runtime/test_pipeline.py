@@ -185,15 +185,21 @@ def test_reference_cfg_guides_the_target_half_against_the_reference_free_diptych
     one = pipe(img, mask, ref, rmask, segments=[{"start": 0.0, "end": 1.0, "reference_cfg_scale": 1.0}], **kw)
     assert calls[0] == 3 and np.array_equal(one.images, plain.images)
     calls[0] = 0
-    t = pipe(img, mask, defect_category="hole", segments=[{"start": 0.0, "end": 1.0, "reference_cfg_scale": 3.0}],
-             **kw)  # fmt: skip
+    t = pipe(
+        img,
+        mask,
+        defect_category="hole",
+        segments=[{"start": 0.0, "end": 1.0, "reference_cfg_scale": 3.0}],
+        **kw,
+    )
     t0 = pipe(img, mask, defect_category="hole", segments=[], **kw)
     assert calls[0] == 6 and np.array_equal(t.images, t0.images)
     # the left half (reference) is never guided: after one step its latents equal the unguided
     # run's (later steps differ slightly through attention to the guided target half)
     one_step = {**kw, "output_type": "latent", "num_inference_steps": 1}
-    lg = pipe(img, mask, ref, rmask, segments=[{"start": 0.0, "end": 1.0, "reference_cfg_scale": 3.0}],
-              **one_step)  # fmt: skip
+    lg = pipe(
+        img, mask, ref, rmask, segments=[{"start": 0.0, "end": 1.0, "reference_cfg_scale": 3.0}], **one_step
+    )
     lp = pipe(img, mask, ref, rmask, segments=[], **one_step)
     w_tok = pipe.defaults["width"] // 16
     left = (np.arange(lg.images.shape[1]) % (2 * w_tok)) < w_tok
@@ -285,8 +291,13 @@ def encoder_checkpoint(tiny_checkpoint, tmp_path_factory):
         shutil.copyfile(f, folder / f.name)
     card = read_card(folder / "model.safetensors")
     torch.manual_seed(0)
-    cfg = ReferenceEncoderConfig(seq_len=8, dim=card.transformer.joint_attention_dim,
-                                 pooled_dim=card.transformer.pooled_projection_dim, width=8, image_size=64)  # fmt: skip
+    cfg = ReferenceEncoderConfig(
+        seq_len=8,
+        dim=card.transformer.joint_attention_dim,
+        pooled_dim=card.transformer.pooled_projection_dim,
+        width=8,
+        image_size=64,
+    )
     save_reference_encoder(folder / "reference_encoder.safetensors", ReferenceEncoder(cfg))
     defaults = {**card.defaults, "reference_encoder": {"file": "reference_encoder.safetensors"}}
     rewrite_card_defaults(folder / "model.safetensors", defaults)

@@ -124,7 +124,11 @@ def build_transformer(config: FluxConfig, sd: dict[str, torch.Tensor], device=No
 
 
 def load_transformer(
-    path: str | Path, config: FluxConfig | None = None, dtype: torch.dtype | None = None, device=None, card=_UNREAD
+    path: str | Path,
+    config: FluxConfig | None = None,
+    dtype: torch.dtype | None = None,
+    device=None,
+    card=_UNREAD,
 ) -> FluxTransformer:
     """From a UniDG checkpoint, a diffusers ``transformer/`` folder, or a bare file + ``config``.
     ``card``: the file's :class:`ModelCard` (or ``None``) when the caller has read it already."""
