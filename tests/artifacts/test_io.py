@@ -70,3 +70,21 @@ def test_jsonable():
     assert got == {"1": 0.123457, "n": 3, "l": [None, None, 2.0]}
     assert type(got["n"]) is int
     assert jsonable(1 / 3, digits=2) == 0.33
+
+
+def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
+    """The one atomic write for writers that take a file name (safetensors, torch.save, np.savez)."""
+    import pytest
+
+    from unidg_rt.artifacts.io import TMP_SUFFIX, atomic_path
+
+    target = tmp_path / "sub" / "model.safetensors"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.endswith(TMP_SUFFIX)
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer crashed")
+    assert target.read_bytes() == b"new"  # the old file, whole
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.safetensors"]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unidg_rt.artifacts.io import atomic_path
 from unidg_rt.crops import dilate_mask
 from unidg_rt.errors import InvalidInputError, WeightsError
 from unidg_rt.evaluation.cases import EVAL_IMAGE_SIZE, REGION_DILATE, paste_like_pipeline
@@ -77,19 +78,16 @@ class DefectClassifier:
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
         header = json.dumps({"format": FORMAT, "categories": list(self.categories), "meta": self.meta})
-        np.savez(
-            tmp,
-            mean=self.mean,
-            std=self.std,
-            weight=self.weight,
-            bias=self.bias,
-            pca=self.pca,
-            header=np.array(header),
-        )
-        tmp.replace(path)
+        arrays = {
+            "mean": self.mean,
+            "std": self.std,
+            "weight": self.weight,
+            "bias": self.bias,
+            "pca": self.pca,
+        }
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+            np.savez(f, **arrays, header=np.array(header))
         return path
 
     @classmethod

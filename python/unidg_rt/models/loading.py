@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from unidg_rt.artifacts.io import atomic_path
 from unidg_rt.errors import ConfigError, WeightsError
 from unidg_rt.models.config import FluxConfig, ModelCard
 from unidg_rt.models.convert import bfl_to_diffusers, is_bfl_layout
@@ -197,8 +198,6 @@ def save_checkpoint(
             ).contiguous()
     vae_cfg = vae.config.to_dict() if vae is not None and hasattr(vae, "config") else None
     card = ModelCard(transformer=transformer.config, vae=vae_cfg, defaults=defaults or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: card.to_json()})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: card.to_json()})
     return path

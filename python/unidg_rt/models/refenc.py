@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unidg_rt.artifacts.io import atomic_path
 from unidg_rt.errors import WeightsError
 
 METADATA_KEY = "unidg_rt_reference_encoder"
@@ -93,9 +94,8 @@ def save_reference_encoder(path: str | Path, encoder: ReferenceEncoder, dtype=to
 
     tensors = {k: v.detach().to(dtype).contiguous() for k, v in encoder.state_dict().items()}
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(asdict(encoder.config))})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(asdict(encoder.config))})
 
 
 def read_reference_encoder_config(path: str | Path) -> ReferenceEncoderConfig:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from unidg_rt.artifacts.io import atomic_path
 from unidg_rt.train.recipe import Recipe
 
 REFERENCE_ENCODER_FILE = "reference_encoder.safetensors"
@@ -54,9 +55,8 @@ def rewrite_card_defaults(path: Path, defaults: dict[str, Any]) -> None:
     card = ModelCard.from_json(meta[METADATA_KEY])
     meta[METADATA_KEY] = ModelCard(card.transformer, card.vae, defaults, card.format).to_json()
     tensors = load_file(str(path))
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def sync_card_cutout(model_file: Path, cutout: bool) -> None:

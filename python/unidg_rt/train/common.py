@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from unidg_rt.artifacts.io import atomic_path
+
 logger = logging.getLogger(__name__)
 
 _STAGE_IDS = {
@@ -69,10 +71,8 @@ def set_lr(opt: torch.optim.Optimizer, lr: float, scale_key: str = "lr_scale") -
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint_state(path: Path, state: dict[str, Any]) -> None:
     """Atomic ``torch.save`` (a crash mid-write never leaves a truncated checkpoint)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint_state(path: Path) -> dict[str, Any] | None:
@@ -153,8 +153,6 @@ def update_report(path: Path, stage: str, entry: dict[str, Any], **top) -> dict[
     report.setdefault("stages", {})[stage] = entry
     report.update(top)
     report["total_wall_s"] = round(sum(s.get("wall_s", 0.0) for s in report["stages"].values()), 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unidg_rt.artifacts.io import atomic_path
 from unidg_rt.diptych import MASKED_VALUE, pack_mask, prepare_diptych
 from unidg_rt.embeddings import normalize_category
 from unidg_rt.train.common import stage_seed
@@ -203,10 +204,8 @@ class LatentSet:
         return int(self.x0.shape[0])
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.__dict__, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(self.__dict__, tmp)
 
     @classmethod
     def load(cls, path: Path) -> LatentSet:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from unidg_rt.artifacts.io import atomic_path
 from unidg_rt.train.card import card_defaults, encoder_cutout, rewrite_card_defaults
 from unidg_rt.train.recipe import ShipRecipe
 
@@ -54,9 +55,8 @@ def ship_assets(
     dest.mkdir(parents=True, exist_ok=True)
     sizes = {}
     for name in files:
-        tmp = dest / f".{name}.tmp"
-        shutil.copyfile(Path(out) / name, tmp)
-        tmp.replace(dest / name)
+        with atomic_path(dest / name) as tmp:
+            shutil.copyfile(Path(out) / name, tmp)
         sizes[name] = (dest / name).stat().st_size
     logger.info("shipped %s to %s (%.2f MB)", list(sizes), dest, sum(sizes.values()) / 1e6)
     return sizes
