@@ -114,6 +114,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
+    # first: the held-out loss imports train/ late otherwise (a long eval outlives edits to the tree)
+    held = heldout(args.weights or default_model_path(), args.heldout) if args.heldout else None
+    if held:
+        logger.info("held-out flow loss: %s", held)
     pipe = UniDGPipeline.from_pretrained(args.weights)
     cats = default_categories(pipe)
     cases = build_eval_set(args.cases, cats, modes=args.modes.split(","), seed_base=TUNING_SEED_BASE)
@@ -140,8 +144,8 @@ def main() -> None:
         "real_ceiling": {k: report["baselines"]["real"].get(k) for k in ("consistency", "fd")},
         "per_image": report["per_image"],
     }  # fmt: skip
-    if args.heldout:
-        result["heldout"] = heldout(args.weights or default_model_path(), args.heldout)
+    if held:
+        result["heldout"] = held
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
