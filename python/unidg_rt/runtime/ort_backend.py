@@ -193,26 +193,11 @@ class OrtBackend(GraphAdapters):
         }
 
     @classmethod
-    def open(
-        cls,
-        onnx_dir: str | Path,
-        *,
-        providers: list[str] | None = None,
-        session_options=None,
-        attention_form: str | None = None,
-        precision: str | None = None,
-        io_binding: bool = False,
-    ) -> tuple[OrtBackend, Card]:
-        """Sessions over an exported folder, and its card (``unidg_onnx.json``: pipeline facts,
-        defaults, the embeddings cache it ships)."""
-        backend = cls(
-            onnx_dir,
-            providers,
-            session_options,
-            attention_form=attention_form,
-            precision=precision,
-            io_binding=io_binding,
-        )
+    def open(cls, onnx_dir: str | Path, **options) -> tuple[OrtBackend, Card]:
+        """Sessions over an exported folder (``options``: ``providers``, ``session_options``,
+        ``attention_form``, ``precision``, ``io_binding``, as for :class:`OrtBackend`) and its card
+        (``unidg_onnx.json``: pipeline facts, defaults, the embeddings cache it ships)."""
+        backend = cls(onnx_dir, **options)
         return backend, backend.card
 
     def asarray(self, x: np.ndarray, dtype: str | None = None) -> np.ndarray:
