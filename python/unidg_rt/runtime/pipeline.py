@@ -56,12 +56,9 @@ class UniDGPipeline(LoraLoaderMixin):
     ):
         self.backend = backend
         self.card = card
-        if isinstance(embeddings, EmbeddingsCache) or embeddings is None:
-            self.embeddings = embeddings
-        else:
-            self.embeddings = EmbeddingsCache.load(embeddings)
-        if embeddings is None and card.embeddings is not None:
-            self.embeddings = EmbeddingsCache.load(card.embeddings)
+        embeddings = card.embeddings if embeddings is None else embeddings  # default: the artifact's cache
+        loaded = embeddings is None or isinstance(embeddings, EmbeddingsCache)
+        self.embeddings = embeddings if loaded else EmbeddingsCache.load(embeddings)
         self.text_encoders = text_encoders
         self.image_prompt_encoder = image_prompt_encoder
         if reference_encoder is _AUTO:
@@ -71,10 +68,6 @@ class UniDGPipeline(LoraLoaderMixin):
         self.reference_encoder = reference_encoder
 
     # ------------------------------------------------------------------ the card, read once
-    @property
-    def facts(self):
-        return self.card.facts
-
     @property
     def defaults(self) -> dict[str, Any]:
         """The card's defaults over the fallbacks (a copy: change them with :meth:`replace_defaults`)."""
