@@ -397,3 +397,10 @@ def test_trt_backend_loads_without_the_engine_builder():
         "assert callable(e.load_trt) and 'unidg_rt.engines.build' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_every_top_level_module_has_an_explicit_floor():
+    """A new top-level module or package must be placed on a floor (else it would inherit the
+    package root's floor 0 silently)."""
+    tops = {".".join(m.split(".")[:2]) for m in discover(ROOT) if m != PACKAGE}
+    assert sorted(t for t in tops if t not in FLOORS) == []
