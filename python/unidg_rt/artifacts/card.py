@@ -133,7 +133,6 @@ class Card:
     defaults: Defaults = field(default_factory=Defaults)
     base: Path | None = None
     embeddings: Path | None = None
-    source: str = ""
 
     def with_text_seq_len(self, text_seq_len: int | None) -> Card:
         """This card with the text length overridden (``None``: unchanged)."""
@@ -158,7 +157,6 @@ def card_from_manifest(manifest: Mapping[str, Any], folder: Path) -> Card:
         defaults=Defaults.from_dict(manifest.get("defaults")),
         base=folder,
         embeddings=existing(folder / emb) if emb else None,
-        source=str(folder),
     )
 
 
@@ -172,5 +170,4 @@ def card_from_plan(metadata: Mapping[str, Any], folder: Path, plan_name: str) ->
         defaults=Defaults.from_dict(metadata.get("defaults")),
         base=folder,
         embeddings=existing(folder / "embeddings.safetensors"),
-        source=str(folder),
     )

@@ -64,7 +64,11 @@ class UniDGPipeline(LoraLoaderMixin):
         if reference_encoder is _AUTO:
             reference_encoder = getattr(backend, "reference_encoder", None)
             if reference_encoder is None and card.defaults.reference_encoder:
-                raise WeightsError(backend.reference_encoder_missing)
+                fix = "pass reference_encoder= (an object with encode(crop)) or None to run without it"
+                raise WeightsError(
+                    getattr(backend, "reference_encoder_missing", None)
+                    or f"the card names a reference encoder the {backend.name} backend did not load: {fix}"
+                )
         self.reference_encoder = reference_encoder
 
     # ------------------------------------------------------------------ the card, read once

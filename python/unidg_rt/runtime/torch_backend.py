@@ -141,7 +141,7 @@ class TorchBackend:
             )
         facts = pipeline_facts(transformer.config, vae_model.config.downsample_factor, defaults)
         embeddings = existing(base / "embeddings.safetensors")
-        return backend, Card(facts, defaults, base=base, embeddings=embeddings, source=str(path))
+        return backend, Card(facts, defaults, base=base, embeddings=embeddings)
 
     def __init__(self, transformer: FluxTransformer, vae, device="cpu", dtype=None, attention_form=None):
         self.device = torch.device(device)
